@@ -1,0 +1,189 @@
+//! Command line: every setting is a flag with an environment variable of the same meaning.
+//! Variables come from the process environment or the settings file (`--config`).
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "neustream",
+    version,
+    about = "Neustream media server: MediaMTX hooks and the systemd-supervised ffmpeg relay",
+    long_about = "Neustream media server: authenticates publishers against the Neustream Control \
+Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
+MediaMTX runs `neustream ready` when a stream is published (runOnReady) and `neustream \
+unpublish` when it ends (runOnNotReady). `ready` writes the stream's destinations to \
+/run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
+unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination."
+)]
+pub struct Cli {
+    /// Settings file of KEY=VALUE lines, read before the variables below; variables already set
+    /// in the environment win. A missing default file is fine, a missing named file is an error.
+    #[arg(long, global = true, env = "NEUSTREAM_CONFIG", value_name = "FILE",
+          default_value = DEFAULT_SETTINGS_FILE)]
+    pub config: PathBuf,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(
+        long,
+        global = true,
+        env = "NEUSTREAM_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: tracing::Level,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// MediaMTX runOnReady: authenticate the stream key, write its destinations and start its
+    /// relay unit. Rejected keys are kicked through MediaMTX's Control API.
+    Ready(HookArgs),
+    /// MediaMTX runOnNotReady: stop the stream's relay unit, remove its env file and report the
+    /// end of the stream to the Control Plane.
+    Unpublish(HookArgs),
+    /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
+    /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_URL, ...).
+    Relay(RelayArgs),
+    /// Print shell completions for neustream to standard output.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the neustream(1) man page (roff) to standard output.
+    Manpage,
+}
+
+impl Command {
+    /// SYSLOG_IDENTIFIER of the journal lines this subcommand writes.
+    pub fn log_identifier(&self) -> &'static str {
+        match self {
+            Command::Relay(_) => "neustream-relay",
+            _ => "neustream",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct HookArgs {
+    /// MediaMTX path of the stream, e.g. live/<stream key>; its last segment is the key.
+    #[arg(env = "MTX_PATH", value_name = "PATH")]
+    pub path: String,
+
+    /// How the publisher is connected (rtmpConn, rtspSession, srtConn, webRTCSession...), set by
+    /// MediaMTX; selects the Control API endpoint that kicks it.
+    #[arg(long, env = "MTX_SOURCE_TYPE", default_value = "")]
+    pub source_type: String,
+
+    /// The publisher's connection id, set by MediaMTX; recorded so that a late unpublish of an
+    /// old connection leaves a newer one alone.
+    #[arg(long, env = "MTX_SOURCE_ID", default_value = "")]
+    pub source_id: String,
+
+    #[command(flatten)]
+    pub settings: HookSettings,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HookSettings {
+    /// Base URL of the Neustream Control Plane, e.g. https://api.neustream.app.
+    #[arg(long, env = "CONTROL_PLANE_URL", value_name = "URL")]
+    pub control_plane_url: String,
+
+    /// Bearer token sent to the Control Plane, for deployments that put one in front of it.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub control_plane_token: Option<String>,
+
+    /// Allow a plain-http Control Plane URL on a non-loopback host (tokens and keys then cross
+    /// the network in clear).
+    #[arg(long, env = "NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE", default_value = "false",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub allow_insecure_control_plane: bool,
+
+    /// Where the relay reads the stream: this URL + "/" + the MediaMTX path.
+    #[arg(
+        long,
+        env = "NEUSTREAM_INGEST_URL",
+        default_value = "rtmp://127.0.0.1:1935",
+        value_name = "URL"
+    )]
+    pub ingest_url: String,
+
+    /// MediaMTX Control API, e.g. http://127.0.0.1:9997; used to kick rejected publishers.
+    /// Unset: rejected publishers are only refused a relay, not disconnected.
+    #[arg(long, env = "NEUSTREAM_MEDIAMTX_API_URL", value_name = "URL")]
+    pub mediamtx_api_url: Option<String>,
+
+    /// Directory of the per-stream env files (created 0700; the files are 0600).
+    #[arg(
+        long,
+        env = "NEUSTREAM_RUNTIME_DIR",
+        default_value = "/run/neustream/streams",
+        value_name = "DIR"
+    )]
+    pub runtime_dir: PathBuf,
+
+    /// Time allowed for authenticating a key, retries included (e.g. 5s, 1500ms).
+    #[arg(long, env = "NEUSTREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Time allowed for fetching a stream's destinations, retries included.
+    #[arg(long, env = "NEUSTREAM_FORWARDING_TIMEOUT", default_value = "5s",
+          value_parser = parse_duration)]
+    pub forwarding_timeout: Duration,
+
+    /// Time allowed for reporting the end of a stream, retries with backoff included.
+    #[arg(long, env = "NEUSTREAM_STREAM_END_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub stream_end_timeout: Duration,
+
+    /// Time allowed for systemd to start or stop a relay unit.
+    #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Stream key (the unit's instance name, unescaped: %I).
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// ffmpeg binary (a name looked up in PATH, or a path).
+    #[arg(
+        long,
+        env = "NEUSTREAM_FFMPEG",
+        default_value = "ffmpeg",
+        value_name = "PATH"
+    )]
+    pub ffmpeg: PathBuf,
+
+    /// Wait between two attempts to reach a destination that failed or dropped.
+    #[arg(long, env = "NEUSTREAM_RETRY_WAIT", default_value = "1s", value_parser = parse_duration)]
+    pub retry_wait: Duration,
+
+    /// Time ffmpeg gets to stop after SIGTERM before it is killed.
+    #[arg(long, env = "NEUSTREAM_STOP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,55 @@
+//! One file per subcommand, each with one `run`.
+
+mod hook;
+mod ready;
+mod relay;
+mod unpublish;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+
+/// Exit status for settings or stream descriptions that no retry can fix (EX_CONFIG);
+/// `RestartPreventExitStatus=78` in the relay unit.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A configuration problem: reported with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ready(args) => ready::run(args),
+        Command::Unpublish(args) => unpublish::run(args),
+        Command::Relay(args) => relay::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "neustream",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+    }
+}
+
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<ConfigError>()) {
+        EXIT_CONFIG
+    } else {
+        1
+    }
+}
+
+/// The single-threaded runtime the subcommands run on (a hook does a few calls in sequence).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,172 @@
+//! `neustream ready`: MediaMTX's runOnReady (runOnAvailable) hook.
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::hook::{self, Hook};
+use crate::cli::HookArgs;
+use crate::control_plane::RawDestination;
+use crate::destination::{Destination, MAX_DESTINATIONS};
+use crate::envfile::StreamSpec;
+use crate::stream_key::StreamKey;
+use crate::systemd::Systemd;
+
+pub fn run(args: HookArgs) -> anyhow::Result<()> {
+    super::runtime()?.block_on(async {
+        if let Err(e) = StreamKey::from_path(&args.path) {
+            let path = hook::printable(&args.path);
+            hook::kick(&args.settings, &args.source_type, &args.source_id, &path).await;
+            return Err(e).with_context(|| format!("refusing stream path '{path}'"));
+        }
+        let hook = Hook::new(args)?;
+        tokio::select! {
+            result = publish(&hook) => result,
+            signal = hook::interrupted() => {
+                // The stream stopped while we were starting it: undo what was done.
+                warn!(stream_key = %hook.key, "{}: {signal} received; abandoning the publish", hook.key);
+                hook.end_session(hook.accepted()).await?;
+                anyhow::bail!("{}: publish abandoned on {signal}", hook.key)
+            }
+        }
+    })
+}
+
+async fn publish(hook: &Hook) -> anyhow::Result<()> {
+    let key = &hook.key;
+    let s = &hook.settings;
+    if let Err(e) = hook.control_plane.authenticate(key, s.auth_timeout).await {
+        hook.kick().await;
+        return Err(e).context("stream not relayed");
+    }
+    hook.accepted.store(true, Ordering::SeqCst);
+    info!(stream_key = %key, "{key}: accepted by the Control Plane (publisher {})", hook.source_id);
+
+    let result = start_relay(hook).await;
+    if result.is_err() {
+        // Accepted, but it cannot be relayed: end the Control Plane's session and drop the
+        // publisher, so that OBS reconnects and tries again.
+        hook.end_session(true).await.ok();
+        hook.kick().await;
+    }
+    result.context("stream not relayed")
+}
+
+async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
+    let key = &hook.key;
+    let s = &hook.settings;
+    let forwarding = hook
+        .control_plane
+        .forwarding(key, s.forwarding_timeout)
+        .await?;
+    if let Some(name) = &forwarding.source_name {
+        info!(stream_key = %key, "{key}: source '{}'", hook::printable(name));
+    }
+    let destinations = select_destinations(key, forwarding.destinations);
+    let spec = StreamSpec {
+        key: key.clone(),
+        source_url: format!(
+            "{}/{}",
+            s.ingest_url.trim_end_matches('/'),
+            hook.path.trim_start_matches('/')
+        ),
+        source_id: hook.source_id.clone(),
+        source_type: hook.source_type.clone(),
+        destinations,
+    };
+    let contents = spec.render()?;
+
+    let systemd = Systemd::connect(s.unit_timeout).await?;
+    let lock = hook.dir.lock(key)?;
+    let path = hook.dir.write(key, &contents)?;
+    if spec.destinations.is_empty() {
+        // A stream with nowhere to go is not an error; a relay of an earlier publish must stop.
+        systemd.stop_and_wait(&hook.unit, s.unit_timeout).await?;
+        info!(stream_key = %key, "{key}: no destinations; nothing to relay");
+        return Ok(());
+    }
+    systemd.reset_failed(&hook.unit).await?;
+    if let Err(e) = systemd.restart_and_wait(&hook.unit, s.unit_timeout).await {
+        drop(lock);
+        return Err(e.into());
+    }
+    drop(lock);
+    info!(
+        stream_key = %key,
+        "{key}: {} relaying to {} destination(s) (env file {})",
+        hook.unit,
+        spec.destinations.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// The valid destinations of a forwarding answer, in order; each invalid one is dropped with a
+/// warning that names its index and platform, never its URL or key.
+fn select_destinations(key: &StreamKey, raw: Vec<serde_json::Value>) -> Vec<Destination> {
+    let total = raw.len();
+    let mut kept = Vec::new();
+    for (index, value) in raw.into_iter().enumerate() {
+        if kept.len() == MAX_DESTINATIONS {
+            warn!(
+                stream_key = %key,
+                "{key}: {} destination(s) beyond the first {MAX_DESTINATIONS} dropped",
+                total - index
+            );
+            break;
+        }
+        let entry: RawDestination = serde_json::from_value(value).unwrap_or_default();
+        let platform = crate::destination::platform_name(entry.platform.as_deref().unwrap_or(""));
+        let result = match (&entry.rtmp_url, &entry.stream_key) {
+            (Some(url), Some(stream_key)) => Destination::from_parts(&platform, url, stream_key)
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    crate::ffmpeg::check(&d)
+                        .map(|()| d)
+                        .map_err(|e| e.to_string())
+                }),
+            _ => Err("rtmp_url or stream_key missing".into()),
+        };
+        match result {
+            Ok(dest) => kept.push(dest),
+            Err(why) => warn!(
+                stream_key = %key,
+                destination_index = index,
+                destination_platform = %platform,
+                "{key}: dropping destination {index} ({platform}): {why}"
+            ),
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keeps_valid_destinations_in_order() {
+        let key = StreamKey::parse("k").unwrap();
+        let raw = vec![
+            json!({"platform": "youtube", "rtmp_url": "rtmp://a/live2", "stream_key": "y1"}),
+            json!({"platform": "twitch", "rtmp_url": "http://bad/app", "stream_key": "t1"}),
+            json!("not an object"),
+            json!({"platform": "custom", "rtmp_url": "rtmp://c/live/", "stream_key": "c1", "x": 1}),
+            json!({"platform": "facebook", "rtmp_url": "rtmps://f:443/rtmp"}),
+        ];
+        let kept = select_destinations(&key, raw);
+        let urls: Vec<String> = kept.iter().map(|d| d.secret_url()).collect();
+        assert_eq!(urls, vec!["rtmp://a/live2/y1", "rtmp://c/live/c1"]);
+    }
+
+    #[test]
+    fn caps_the_number_of_destinations() {
+        let key = StreamKey::parse("k").unwrap();
+        let raw = (0..70)
+            .map(|i| json!({"platform": "custom", "rtmp_url": "rtmp://h/app", "stream_key": format!("k{i}")}))
+            .collect();
+        assert_eq!(select_destinations(&key, raw).len(), MAX_DESTINATIONS);
+    }
+}

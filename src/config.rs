@@ -1,0 +1,142 @@
+//! The only reader of the settings file and of the process environment outside clap.
+
+use anyhow::{anyhow, Context};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_SETTINGS_FILE: &str = "/etc/neustream/neustream.env";
+
+/// Prefix of the variables that describe one stream to its relay (see `envfile`).
+pub const STREAM_VAR_PREFIX: &str = "NEUSTREAM_";
+
+/// Loads the settings file (KEY=VALUE lines, dotenv syntax) into the environment without
+/// overriding variables that are already set. Called before clap parses, since clap reads the
+/// variables; so the file's path is taken from `--config` or `NEUSTREAM_CONFIG` by hand.
+pub fn load_settings_file() -> anyhow::Result<()> {
+    let (path, explicit) = settings_file_path(std::env::args().skip(1));
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(())
+        }
+        // A parse error's text quotes the offending line, which may hold a token: name the
+        // line number only.
+        Err(dotenvy::Error::LineParse(_, index)) => Err(anyhow!(
+            "failed to read settings file {}: line {} is not KEY=VALUE",
+            path.display(),
+            line_number(&path, index)
+        )),
+        Err(err) => Err(anyhow!(err))
+            .with_context(|| format!("failed to read settings file {}", path.display())),
+    }
+}
+
+fn line_number(path: &std::path::Path, byte_index: usize) -> String {
+    std::fs::read(path)
+        .ok()
+        .map(|text| {
+            let upto = byte_index.min(text.len());
+            (text[..upto].iter().filter(|&&b| b == b'\n').count() + 1).to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The settings file named by `--config FILE`, `--config=FILE` or `NEUSTREAM_CONFIG`, and
+/// whether it was named (a missing default file is not an error).
+fn settings_file_path(mut args: impl Iterator<Item = String>) -> (PathBuf, bool) {
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--config" {
+            if let Some(value) = args.next() {
+                return (PathBuf::from(value), true);
+            }
+        } else if let Some(value) = arg.strip_prefix("--config=") {
+            return (PathBuf::from(value), true);
+        }
+    }
+    match std::env::var_os("NEUSTREAM_CONFIG") {
+        Some(value) if !value.is_empty() => (PathBuf::from(value), true),
+        _ => (PathBuf::from(DEFAULT_SETTINGS_FILE), false),
+    }
+}
+
+/// The variables that describe a stream to its relay, as systemd's `EnvironmentFile=` set them.
+pub fn stream_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with(STREAM_VAR_PREFIX))
+        .collect()
+}
+
+/// `JOURNAL_STREAM` (device:inode of the journal stream systemd connected us to), if set.
+pub fn journal_stream() -> Option<String> {
+    std::env::var("JOURNAL_STREAM").ok()
+}
+
+/// Parses "5s", "1500ms", "2m", "0.5s" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 5s, 1500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "sec" => value,
+        "m" | "min" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s or m)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(format!(
+            "'{text}' is out of range (more than 0, at most a day)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0.25s"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("not a duration"));
+    }
+
+    #[test]
+    fn settings_file_from_flag() {
+        assert_eq!(
+            settings_file_path(args(&["ready", "--config", "/x.env"])),
+            (PathBuf::from("/x.env"), true)
+        );
+        assert_eq!(
+            settings_file_path(args(&["--config=/y.env", "relay", "k"])),
+            (PathBuf::from("/y.env"), true)
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! `neustream`: MediaMTX hooks and the per-stream relay of the Neustream media server.
+
+mod cli;
+mod cmd;
+mod config;
+mod control_plane;
+mod destination;
+mod envfile;
+mod ffmpeg;
+mod logging;
+mod mediamtx;
+mod stream_key;
+mod streamdir;
+mod systemd;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Settings file first: clap reads the variables it defines from the environment.
+    let settings_file = config::load_settings_file();
+    let cli = <cli::Cli as clap::Parser>::parse();
+    logging::init(cli.log_level, cli.command.log_identifier());
+    if let Err(err) = settings_file {
+        tracing::error!("{err:#}");
+        return ExitCode::from(cmd::EXIT_CONFIG);
+    }
+    match cmd::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The one place that reports a failure: the whole chain, once.
+            tracing::error!("{err:#}");
+            ExitCode::from(cmd::exit_code(&err))
+        }
+    }
+}

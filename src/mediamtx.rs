@@ -1,0 +1,154 @@
+//! MediaMTX's Control API (v3): disconnecting a publisher we refused.
+
+use std::time::Duration;
+use url::Url;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaMtxError {
+    #[error("MediaMTX API URL '{0}' is not an http:// URL")]
+    BadUrl(String),
+    #[error("cannot kick a publisher of source type '{0}' (MTX_SOURCE_TYPE); expected rtmpConn, rtspSession, rtspsSession, srtConn or webRTCSession")]
+    SourceType(String),
+    #[error("cannot kick the publisher: MTX_SOURCE_ID is empty")]
+    NoSourceId,
+    #[error("POST {url} failed: {detail}")]
+    Request { url: String, detail: String },
+}
+
+/// The Control API collection of a publisher's connection type.
+fn collection(source_type: &str) -> Option<&'static str> {
+    Some(match source_type {
+        "rtmpConn" | "rtmpsConn" => "rtmpconns",
+        "rtspSession" => "rtspsessions",
+        "rtspsSession" => "rtspssessions",
+        "srtConn" => "srtconns",
+        "webRTCSession" => "webrtcsessions",
+        _ => return None,
+    })
+}
+
+/// `POST {api}/v3/{collection}/kick/{id}`: MediaMTX closes the publisher's connection.
+pub async fn kick(api_url: &str, source_type: &str, source_id: &str) -> Result<(), MediaMtxError> {
+    let mut url = Url::parse(api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
+    let collection =
+        collection(source_type).ok_or_else(|| MediaMtxError::SourceType(source_type.into()))?;
+    if source_id.is_empty() {
+        return Err(MediaMtxError::NoSourceId);
+    }
+    url.path_segments_mut()
+        .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
+        .pop_if_empty()
+        .extend(["v3", collection, "kick", source_id]);
+    let failed = |detail: String| MediaMtxError::Request {
+        url: url.to_string(),
+        detail,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let resp = client
+        .post(url.clone())
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        Err(failed(format!(
+            "{status}: {}",
+            body.trim().chars().take(200).collect::<String>()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A one-request HTTP server on 127.0.0.1 that answers `status` and returns what it got.
+    fn one_shot(status: u16) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap();
+            let body = if status == 200 {
+                ""
+            } else {
+                "{\"error\":\"connection not found\"}"
+            };
+            write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn kicks_rtmp_connections() {
+        let (url, server) = one_shot(200);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(kick(&url, "rtmpConn", "6f1c")).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            "POST /v3/rtmpconns/kick/6f1c HTTP/1.1"
+        );
+    }
+
+    #[test]
+    fn reports_api_errors() {
+        let (url, server) = one_shot(404);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(kick(&url, "srtConn", "x"))
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(
+            err.contains("/v3/srtconns/kick/x") && err.contains("404"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_kick() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(kick("http://127.0.0.1:9", "hlsMuxer", "x"))
+            .unwrap_err();
+        assert!(matches!(err, MediaMtxError::SourceType(_)));
+        let err = rt
+            .block_on(kick("http://127.0.0.1:9", "rtmpConn", ""))
+            .unwrap_err();
+        assert!(matches!(err, MediaMtxError::NoSourceId));
+    }
+}

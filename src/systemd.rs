@@ -1,0 +1,273 @@
+//! systemd over the D-Bus system bus: the only place that talks to it. A small facade over
+//! zbus_systemd's generated Manager proxy: start (restart) and stop a unit and wait for the
+//! job's result, reset a failed unit.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus_systemd::systemd1::ManagerProxy;
+
+use crate::stream_key::StreamKey;
+
+/// Longest unit name systemd accepts (UNIT_NAME_MAX).
+const UNIT_NAME_MAX: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("failed to connect to the D-Bus system bus: {0}")]
+    Connect(String),
+    #[error(
+        "unit name for stream key {key} would be {len} characters; systemd allows {UNIT_NAME_MAX}"
+    )]
+    NameTooLong { key: String, len: usize },
+    #[error(
+        "not allowed to {verb} {unit}: {detail} (is the Neustream polkit rule installed for the \
+         user running this hook?)"
+    )]
+    Denied {
+        verb: &'static str,
+        unit: String,
+        detail: String,
+    },
+    #[error("failed to {verb} {unit}: {detail}")]
+    Call {
+        verb: &'static str,
+        unit: String,
+        detail: String,
+    },
+    #[error("failed to {verb} {unit}: job result '{result}' (see: journalctl -u '{unit}')")]
+    JobFailed {
+        verb: &'static str,
+        unit: String,
+        result: String,
+    },
+    #[error("failed to {verb} {unit}: no job result within {timeout:?}")]
+    Timeout {
+        verb: &'static str,
+        unit: String,
+        timeout: Duration,
+    },
+}
+
+/// The relay unit of a stream: `neustream-relay@<escaped key>.service`.
+pub fn relay_unit(key: &StreamKey) -> Result<String, SystemdError> {
+    let unit = format!("neustream-relay@{}.service", escape(key.as_str()));
+    if unit.len() > UNIT_NAME_MAX {
+        return Err(SystemdError::NameTooLong {
+            key: key.to_string(),
+            len: unit.len(),
+        });
+    }
+    Ok(unit)
+}
+
+/// `systemd-escape STRING`: `/` becomes `-`, a leading `.` and every byte outside
+/// `[A-Za-z0-9:_.]` become `\xHH`.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+pub struct Systemd {
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, or systemd's default socket).
+    pub async fn connect(timeout: Duration) -> Result<Self, SystemdError> {
+        let connect = async {
+            let conn = zbus::Connection::system().await?;
+            ManagerProxy::new(&conn).await
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(manager)) => Ok(Systemd { manager }),
+            Ok(Err(e)) => Err(SystemdError::Connect(e.to_string())),
+            Err(_) => Err(SystemdError::Connect(format!(
+                "no answer within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// `ResetFailedUnit`, so that a unit that hit its start limit can start again. A unit that
+    /// is not loaded or not failed is fine.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        match self.manager.reset_failed_unit(unit.to_owned()).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_no_such_unit(&e) => Ok(()),
+            Err(e) => Err(call_error("reset", unit, e)),
+        }
+    }
+
+    /// `RestartUnit(unit, "replace")` (starts it if it is not running) and waits for the job.
+    pub async fn restart_and_wait(
+        &self,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        self.job_and_wait("start", unit, timeout).await
+    }
+
+    /// `StopUnit(unit, "replace")` and waits for the job. No such unit is fine.
+    pub async fn stop_and_wait(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        self.job_and_wait("stop", unit, timeout).await
+    }
+
+    async fn job_and_wait(
+        &self,
+        verb: &'static str,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        let work = async {
+            // Listen before issuing the job, so that its JobRemoved cannot be missed.
+            let mut removed = self
+                .manager
+                .receive_job_removed()
+                .await
+                .map_err(|e| call_error(verb, unit, e))?;
+            // Without a subscriber systemd sends no JobRemoved signals.
+            self.manager
+                .subscribe()
+                .await
+                .map_err(|e| call_error(verb, unit, e))?;
+            let job = match verb {
+                "stop" => self.manager.stop_unit(unit.into(), "replace".into()).await,
+                _ => {
+                    self.manager
+                        .restart_unit(unit.into(), "replace".into())
+                        .await
+                }
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(e) if verb == "stop" && is_no_such_unit(&e) => return Ok(()),
+                Err(e) => return Err(call_error(verb, unit, e)),
+            };
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if *args.job() != job {
+                    continue;
+                }
+                return match args.result().as_str() {
+                    "done" => Ok(()),
+                    result => Err(SystemdError::JobFailed {
+                        verb,
+                        unit: unit.into(),
+                        result: result.into(),
+                    }),
+                };
+            }
+            Err(SystemdError::Call {
+                verb,
+                unit: unit.into(),
+                detail: "the bus connection closed before the job finished".into(),
+            })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SystemdError::Timeout {
+                    verb,
+                    unit: unit.into(),
+                    timeout,
+                })
+            })
+    }
+}
+
+fn is_no_such_unit(err: &zbus::Error) -> bool {
+    matches!(err, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
+}
+
+fn call_error(verb: &'static str, unit: &str, err: zbus::Error) -> SystemdError {
+    if let zbus::Error::MethodError(name, message, _) = &err {
+        let detail = message.clone().unwrap_or_else(|| name.to_string());
+        if matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.AccessDenied"
+                | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+        ) {
+            return SystemdError::Denied {
+                verb,
+                unit: unit.into(),
+                detail,
+            };
+        }
+        return SystemdError::Call {
+            verb,
+            unit: unit.into(),
+            detail,
+        };
+    }
+    SystemdError::Call {
+        verb,
+        unit: unit.into(),
+        detail: err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_systemd() {
+        assert_eq!(escape("abc123"), "abc123");
+        assert_eq!(escape("a-b"), "a\\x2db");
+        assert_eq!(escape("a_b"), "a_b");
+        assert_eq!(escape(".x"), "\\x2ex");
+        assert_eq!(escape("a/b c"), "a-b\\x20c");
+    }
+
+    /// Compares with the real `systemd-escape` on many keys, when it is installed.
+    #[test]
+    fn matches_systemd_escape() {
+        let keys: Vec<String> = (0..200)
+            .map(|i| {
+                let alphabet = b"abcXYZ019_-";
+                (0..(1 + i % 17))
+                    .map(|j| alphabet[(i * 7 + j * 3) % alphabet.len()] as char)
+                    .collect()
+            })
+            .chain(["-", "--x", "_", "-leading", "trailing-", "0123456789abcdef"].map(String::from))
+            .collect();
+        let Ok(out) = std::process::Command::new("systemd-escape")
+            .arg("--")
+            .args(&keys)
+            .output()
+        else {
+            panic!("systemd-escape is not installed (package systemd)");
+        };
+        let expected: Vec<&str> = std::str::from_utf8(&out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(expected.len(), keys.len());
+        for (key, want) in keys.iter().zip(expected) {
+            assert_eq!(escape(key), want, "key {key}");
+        }
+    }
+
+    #[test]
+    fn relay_unit_names() {
+        let key = StreamKey::parse("ab-1").unwrap();
+        assert_eq!(
+            relay_unit(&key).unwrap(),
+            "neustream-relay@ab\\x2d1.service"
+        );
+        let long = StreamKey::parse(&"-".repeat(100)).unwrap();
+        assert!(matches!(
+            relay_unit(&long),
+            Err(SystemdError::NameTooLong { .. })
+        ));
+    }
+}
