@@ -12,13 +12,23 @@ pub const STREAM_VAR_PREFIX: &str = "NEUSTREAM_";
 /// Loads the settings file (KEY=VALUE lines, dotenv syntax) into the environment without
 /// overriding variables that are already set. Called before clap parses, since clap reads the
 /// variables; so the file's path is taken from `--config` or `NEUSTREAM_CONFIG` by hand.
+///
+/// The relay does not read it: its unit gives it all it needs, and as a transient user it
+/// cannot read the file (which holds the Control Plane token).
 pub fn load_settings_file() -> anyhow::Result<()> {
+    if subcommand(std::env::args().skip(1)).as_deref() == Some("relay") {
+        return Ok(());
+    }
     let (path, explicit) = settings_file_path(std::env::args().skip(1));
     match dotenvy::from_path(&path) {
         Ok(()) => Ok(()),
         Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
             Ok(())
         }
+        Err(dotenvy::Error::Io(err)) => Err(anyhow!(
+            "failed to read settings file {}: {err}",
+            path.display()
+        )),
         // A parse error's text quotes the offending line, which may hold a token: name the
         // line number only.
         Err(dotenvy::Error::LineParse(_, index)) => Err(anyhow!(
@@ -39,6 +49,18 @@ fn line_number(path: &std::path::Path, byte_index: usize) -> String {
             (text[..upto].iter().filter(|&&b| b == b'\n').count() + 1).to_string()
         })
         .unwrap_or_else(|| "?".into())
+}
+
+/// The first argument that is not an option or an option's value.
+fn subcommand(mut args: impl Iterator<Item = String>) -> Option<String> {
+    while let Some(arg) = args.next() {
+        if arg == "--config" || arg == "--log-level" {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
 }
 
 /// The settings file named by `--config FILE`, `--config=FILE` or `NEUSTREAM_CONFIG`, and
@@ -126,6 +148,19 @@ mod tests {
         assert!(parse_duration("fast")
             .unwrap_err()
             .contains("not a duration"));
+    }
+
+    #[test]
+    fn finds_the_subcommand() {
+        assert_eq!(
+            subcommand(args(&["--config", "relay", "ready"])).as_deref(),
+            Some("ready")
+        );
+        assert_eq!(
+            subcommand(args(&["--log-level=debug", "relay", "k"])).as_deref(),
+            Some("relay")
+        );
+        assert_eq!(subcommand(args(&["--help"])), None);
     }
 
     #[test]
