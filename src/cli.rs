@@ -15,8 +15,8 @@ use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
     about = "Neustream media server: MediaMTX hooks and the systemd-supervised ffmpeg relay",
     long_about = "Neustream media server: authenticates publishers against the Neustream Control \
 Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
-MediaMTX runs `neustream ready` when a stream is published (runOnReady) and `neustream \
-unpublish` when it ends (runOnNotReady). `ready` writes the stream's destinations to \
+MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
+before MediaMTX 1.20) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
 unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination."
 )]
@@ -42,14 +42,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// MediaMTX runOnReady: authenticate the stream key, write its destinations and start its
+    /// MediaMTX runOnAvailable (runOnReady): authenticate the stream key, write its destinations and start its
     /// relay unit. Rejected keys are kicked through MediaMTX's Control API.
     Ready(HookArgs),
-    /// MediaMTX runOnNotReady: stop the stream's relay unit, remove its env file and report the
+    /// MediaMTX runOnUnavailable (runOnNotReady): stop the stream's relay unit, remove its env file and report the
     /// end of the stream to the Control Plane.
     Unpublish(HookArgs),
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
-    /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_URL, ...).
+    /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
     /// Print shell completions for neustream to standard output.
     Completions {
