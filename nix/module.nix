@@ -1,0 +1,467 @@
+# NixOS module: services.neustream.
+#
+# Composes with nixpkgs' services.mediamtx, never a second MediaMTX unit: it enables MediaMTX,
+# adds the live/<key> path with the Neustream hooks to its settings, and gives mediamtx.service
+# the user, runtime directory, environment and sandbox the hooks need. The relay template unit
+# and the slice come from the package (the files in systemd/, installed by nix/package.nix);
+# the module's relay options become a drop-in, so there is no second copy of the unit.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.neustream;
+  mtx = config.services.mediamtx;
+  inherit (lib) mkOption types;
+
+  # ---- The relay unit as shipped: the relay options' defaults and the runtime directory are
+  # read from it, so the module cannot drift from systemd/neustream-relay@.service.
+  relayUnitLines = lib.splitString "\n" (builtins.readFile (../systemd + "/neustream-relay@.service"));
+  relayUnitValue =
+    key:
+    let
+      values = lib.concatMap (
+        line:
+        let
+          m = builtins.match "${key}=(.*)" line;
+        in
+        if m == null then [ ] else m
+      ) relayUnitLines;
+    in
+    if values == [ ] then
+      throw "nix/module.nix: systemd/neustream-relay@.service has no ${key}= line"
+    else
+      lib.last values;
+
+  # EnvironmentFile=-/run/neustream/streams/%I.env -> /run/neustream/streams
+  runtimeDir = dirOf (lib.removePrefix "-" (relayUnitValue "EnvironmentFile"));
+
+  # Non-secret settings: read by every hook (and an operator's `neustream ready`) from the
+  # CLI's default settings file, so changing them restarts nothing.
+  configPath = "/etc/neustream/neustream.env";
+
+  # Settings the relay reads (from its unit's environment, not from the settings file).
+  relayVariables = [
+    "NEUSTREAM_LOG_LEVEL"
+    "NEUSTREAM_RETRY_WAIT"
+    "NEUSTREAM_STOP_TIMEOUT"
+  ];
+
+  # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.
+  mtxUser = config.systemd.services.mediamtx.serviceConfig.User or "mediamtx";
+
+  livePath = "~^live/[^/]+$";
+
+  # MediaMTX 1.20 renamed runOnReady/runOnNotReady to runOnAvailable/runOnUnavailable.
+  mtxVersion = mtx.package.version or "0";
+  hooks =
+    if lib.versionAtLeast mtxVersion "1.20" then
+      {
+        ready = "runOnAvailable";
+        gone = "runOnUnavailable";
+      }
+    else
+      {
+        ready = "runOnReady";
+        gone = "runOnNotReady";
+      };
+
+  neustreamExe = lib.getExe' cfg.package "neustream";
+
+  # ---- Rendering of `settings` as an env file that both dotenvy (the CLI) and systemd's
+  # EnvironmentFile= read the same way: bare when safe, otherwise single-quoted (literal in both).
+  valueString = v: if builtins.isBool v then lib.boolToString v else toString v;
+  isBare = s: builtins.match "[A-Za-z0-9_./:@%+,=-]*" s != null;
+  renderValue =
+    v:
+    let
+      s = valueString v;
+    in
+    if isBare s then s else "'${s}'";
+  settingsFormat = pkgs.formats.keyValue { mkKeyValue = k: v: "${k}=${renderValue v}"; };
+  effectiveSettings = lib.filterAttrs (_: v: v != null) cfg.settings;
+  envFile = settingsFormat.generate "neustream.env" effectiveSettings;
+
+  badNames = builtins.filter (n: builtins.match "[A-Za-z_][A-Za-z0-9_]*" n == null) (
+    builtins.attrNames effectiveSettings
+  );
+  badValues = builtins.attrNames (
+    lib.filterAttrs (
+      _: v:
+      let
+        s = valueString v;
+      in
+      lib.hasInfix "'" s || lib.hasInfix "\n" s
+    ) effectiveSettings
+  );
+
+  # ---- URL helpers (scheme://host[:port][/...]).
+  urlParts =
+    url:
+    let
+      m = builtins.match "([a-z]+)://([[][0-9A-Fa-f:.]*[]]|[^/:?#]*)(:([0-9]+))?([/?#].*)?" url;
+    in
+    if m == null then
+      null
+    else
+      {
+        scheme = builtins.elemAt m 0;
+        host = builtins.elemAt m 1;
+        port = builtins.elemAt m 3;
+      };
+  isLoopback =
+    host:
+    lib.toLower host == "localhost" || host == "[::1]" || builtins.match "127\\.[0-9.]+" host != null;
+
+  cpUrl = cfg.settings.CONTROL_PLANE_URL;
+  cpParts = if cpUrl == null then null else urlParts cpUrl;
+  insecureControlPlane =
+    cpParts != null && cpParts.scheme == "http" && !(isLoopback cpParts.host);
+
+  portString = toString cfg.rtmpPort;
+  ingestParts = urlParts cfg.settings.NEUSTREAM_INGEST_URL;
+  ingestPort =
+    if ingestParts == null then
+      null
+    else if ingestParts.port != null then
+      ingestParts.port
+    else
+      "1935";
+  mtxRtmpAddress = toString (mtx.settings.rtmpAddress or ":${portString}");
+
+  # http://host:port of MediaMTX's Control API, from its apiAddress (":9997", "0.0.0.0:9997" and
+  # "[::]:9997" listen on every address, loopback included).
+  apiAddress = toString (mtx.settings.apiAddress or "127.0.0.1:9997");
+  apiUrl =
+    if lib.hasPrefix ":" apiAddress then
+      "http://127.0.0.1${apiAddress}"
+    else if lib.hasPrefix "0.0.0.0:" apiAddress then
+      "http://127.0.0.1:${lib.removePrefix "0.0.0.0:" apiAddress}"
+    else if lib.hasPrefix "[::]:" apiAddress then
+      "http://[::1]:${lib.removePrefix "[::]:" apiAddress}"
+    else
+      "http://${apiAddress}";
+
+  privilegedPort = cfg.rtmpPort < 1024;
+
+  environmentFileString = toString cfg.environmentFile; # never "${...}": that would copy a path
+in
+{
+  options.services.neustream = {
+    enable = lib.mkEnableOption "Neustream: MediaMTX ingest with Control Plane authentication and per-stream RTMP relays";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./nix/package.nix { }";
+      description = "The neustream package: the hook and relay binary, the relay template unit and the slice.";
+    };
+
+    controlPlaneUrl = mkOption {
+      type = types.nullOr (types.strMatching "https?://.+");
+      default = null;
+      example = "https://api.neustream.app";
+      description = ''
+        Base URL of the Neustream Control Plane (`CONTROL_PLANE_URL`). Required. `http://` is
+        accepted only for a loopback host unless
+        {option}`services.neustream.settings.NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE` is set.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/neustream.env";
+      description = ''
+        File with secret settings in `KEY=value` lines, e.g. `CONTROL_PLANE_TOKEN=...`, loaded
+        into mediamtx.service's environment (and so the hooks'); it overrides
+        {option}`services.neustream.settings`. Give it as a string naming a file outside the Nix
+        store (written by agenix, sops-nix or by hand): a Nix path value would be copied into the
+        world-readable store, and the module refuses it.
+      '';
+    };
+
+    rtmpPort = mkOption {
+      type = types.port;
+      default = 1935;
+      description = ''
+        TCP port MediaMTX accepts RTMP publishers on. Sets MediaMTX's `rtmpAddress` and the
+        relays' source (`NEUSTREAM_INGEST_URL`). A port below 1024 gives mediamtx.service
+        `CAP_NET_BIND_SERVICE`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to open {option}`services.neustream.rtmpPort` in the firewall.";
+    };
+
+    relay = {
+      cpuQuota = mkOption {
+        type = types.strMatching "[0-9]+%";
+        default = relayUnitValue "CPUQuota";
+        example = "100%";
+        description = ''
+          `CPUQuota=` of each relay (one ffmpeg copying one stream to all its destinations).
+          All relays together are capped by neustream.slice; size that with
+          `systemd.slices.neustream.sliceConfig.CPUQuota`.
+        '';
+      };
+
+      memoryMax = mkOption {
+        type = types.str;
+        default = relayUnitValue "MemoryMax";
+        example = "512M";
+        description = "`MemoryMax=` of each relay (bytes with a K, M or G suffix, a percentage, or `infinity`).";
+      };
+
+      restartSec = mkOption {
+        type = types.either types.ints.unsigned types.str;
+        default = relayUnitValue "RestartSec";
+        example = "500ms";
+        description = "`RestartSec=`: how long systemd waits before restarting a failed relay (seconds, or a systemd time span).";
+      };
+
+      ffmpegPackage = lib.mkPackageOption pkgs "ffmpeg-headless" {
+        extraDescription = "The relays run its `ffmpeg` (`NEUSTREAM_FFMPEG`); they only copy streams, so no encoder is needed.";
+      };
+    };
+
+    settings = mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          NEUSTREAM_LOG_LEVEL = "debug";
+          NEUSTREAM_AUTH_TIMEOUT = "3s";
+          NEUSTREAM_STREAM_END_TIMEOUT = "60s";
+        }
+      '';
+      description = ''
+        Non-secret settings of the hooks and relays, as environment variables (see the README for
+        the full list). Rendered to ${configPath}, the settings file every hook reads, so a
+        change applies to the next hook without restarting MediaMTX; the relay's variables
+        (${lib.concatStringsSep ", " relayVariables}) also go into the relay unit's environment
+        and apply to the next relay start. `null` leaves a variable unset. Secrets (`CONTROL_PLANE_TOKEN`) belong in
+        {option}`services.neustream.environmentFile`: the Nix store is world-readable.
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          CONTROL_PLANE_URL = mkOption {
+            type = types.nullOr (types.strMatching "https?://.+");
+            default = cfg.controlPlaneUrl;
+            defaultText = lib.literalExpression "config.services.neustream.controlPlaneUrl";
+            description = "Base URL of the Control Plane; set {option}`services.neustream.controlPlaneUrl` instead.";
+          };
+          NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE = mkOption {
+            type = types.bool;
+            default = false;
+            description = "Allow a plain `http://` Control Plane URL on a non-loopback host (tokens and stream keys then travel unencrypted).";
+          };
+          NEUSTREAM_INGEST_URL = mkOption {
+            type = types.str;
+            default = "rtmp://127.0.0.1:${portString}";
+            defaultText = lib.literalExpression ''"rtmp://127.0.0.1:''${toString config.services.neustream.rtmpPort}"'';
+            description = "Where a relay reads a stream from: `<this>/<MTX_PATH>` (MediaMTX's RTMP listener).";
+          };
+          NEUSTREAM_MEDIAMTX_API_URL = mkOption {
+            type = types.str;
+            default = apiUrl;
+            defaultText = lib.literalExpression ''"http://" + config.services.mediamtx.settings.apiAddress'';
+            description = "MediaMTX's Control API, used to kick publishers the Control Plane rejects.";
+          };
+          NEUSTREAM_LOG_LEVEL = mkOption {
+            type = types.enum [
+              "error"
+              "warn"
+              "info"
+              "debug"
+              "trace"
+            ];
+            default = "info";
+            description = "Log level of the hooks and relays.";
+          };
+        };
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cpUrl != null;
+        message = ''services.neustream.controlPlaneUrl is not set: set it to the Control Plane's base URL, e.g. "https://api.neustream.app".'';
+      }
+      {
+        assertion = cfg.controlPlaneUrl == null || cpUrl == cfg.controlPlaneUrl;
+        message = "services.neustream.controlPlaneUrl (${toString cfg.controlPlaneUrl}) and services.neustream.settings.CONTROL_PLANE_URL (${toString cpUrl}) differ: set only controlPlaneUrl.";
+      }
+      {
+        assertion = !insecureControlPlane || cfg.settings.NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE;
+        message = "services.neustream: the Control Plane URL ${toString cpUrl} is plain http:// to a non-loopback host, so the hooks would refuse it: use https://, or set services.neustream.settings.NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE = true to accept an unencrypted Control Plane.";
+      }
+      {
+        assertion = !(builtins.isPath cfg.environmentFile);
+        message = ''services.neustream.environmentFile is a Nix path value (${environmentFileString}), which would be copied into the world-readable Nix store: give the file's name as a string, e.g. environmentFile = "/run/secrets/neustream.env";'';
+      }
+      {
+        assertion = cfg.environmentFile == null || !(lib.hasPrefix "${builtins.storeDir}/" environmentFileString);
+        message = "services.neustream.environmentFile (${environmentFileString}) is in the Nix store, which is world-readable: keep secrets in a file outside the store (agenix, sops-nix, or /run/secrets written at boot).";
+      }
+      {
+        assertion = !(effectiveSettings ? CONTROL_PLANE_TOKEN);
+        message = "services.neustream.settings.CONTROL_PLANE_TOKEN would be written to the world-readable Nix store: remove it and put CONTROL_PLANE_TOKEN=... into services.neustream.environmentFile.";
+      }
+      {
+        assertion = badNames == [ ];
+        message = "services.neustream.settings: ${lib.concatStringsSep ", " badNames} are not environment variable names (letters, digits and _, not starting with a digit).";
+      }
+      {
+        assertion = badValues == [ ];
+        message = "services.neustream.settings: the values of ${lib.concatStringsSep ", " badValues} contain a single quote or a newline, which the env file cannot carry.";
+      }
+      {
+        assertion = lib.hasSuffix ":${portString}" mtxRtmpAddress;
+        message = "services.neustream.rtmpPort is ${portString} but services.mediamtx.settings.rtmpAddress is \"${mtxRtmpAddress}\": set only services.neustream.rtmpPort.";
+      }
+      {
+        assertion = ingestPort == portString;
+        message = "services.neustream.settings.NEUSTREAM_INGEST_URL (${cfg.settings.NEUSTREAM_INGEST_URL}) must be an rtmp:// URL on services.neustream.rtmpPort (${portString}), where MediaMTX listens: the relays read the streams from it.";
+      }
+      {
+        assertion = (mtx.settings.rtmp or true) != false;
+        message = "services.mediamtx.settings.rtmp is false, but Neustream publishers and relays use RTMP: remove that setting.";
+      }
+      {
+        assertion = (mtx.settings.api or true) != false;
+        message = "services.mediamtx.settings.api is false, but the Neustream hooks use MediaMTX's Control API to drop rejected publishers: remove that setting.";
+      }
+      {
+        assertion = (effectiveSettings.NEUSTREAM_RUNTIME_DIR or runtimeDir) == runtimeDir;
+        message = "services.neustream.settings.NEUSTREAM_RUNTIME_DIR must be ${runtimeDir} (or unset): the relay unit reads its per-stream files from there.";
+      }
+    ];
+
+    environment.systemPackages = [ cfg.package ];
+    environment.etc."neustream/neustream.env".source = envFile;
+
+    # ---- MediaMTX: nixpkgs' own service, extended.
+    services.mediamtx = {
+      enable = true;
+      settings = {
+        rtmp = lib.mkDefault true;
+        rtmpAddress = lib.mkDefault ":${portString}";
+        # The hooks kick rejected publishers through the Control API: loopback only.
+        api = lib.mkDefault true;
+        apiAddress = lib.mkDefault "127.0.0.1:9997";
+        paths.${livePath} = {
+          ${hooks.ready} = "${neustreamExe} ready";
+          ${hooks.gone} = "${neustreamExe} unpublish";
+        };
+      };
+      env.NEUSTREAM_CONFIG = configPath;
+    };
+
+    # nixpkgs runs MediaMTX with DynamicUser=yes and User=mediamtx. A static user of that name
+    # is used instead of a transient one: the polkit rule, the owner of the runtime directory
+    # and the journal then name a stable identity.
+    users.users.mediamtx = {
+      isSystemUser = true;
+      group = "mediamtx";
+      description = "MediaMTX ingest and Neustream hooks";
+    };
+    users.groups.mediamtx = { };
+
+    systemd.services.mediamtx = {
+      # The hooks start and stop relays over the system bus (polkit decides).
+      wants = [ "dbus.socket" ];
+      after = [ "dbus.socket" ];
+      serviceConfig = lib.mkMerge [
+        {
+          # Secrets for the hooks (CONTROL_PLANE_TOKEN); MediaMTX passes its environment on.
+          EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+          # The hooks write one <key>.env per stream here (secrets: destination stream keys);
+          # systemd (root) reads them when it starts neustream-relay@<key>.service.
+          RuntimeDirectory = [ (lib.removePrefix "/run/" runtimeDir) ];
+          RuntimeDirectoryMode = "0700";
+          # Relays restarting while MediaMTX restarts still find their files.
+          RuntimeDirectoryPreserve = "yes";
+        }
+        (lib.mapAttrs (_: lib.mkDefault) {
+          # Hardening for MediaMTX and the hooks it runs (override any line with a normal
+          # definition). Nothing here may block the hooks: they need AF_UNIX (D-Bus system bus,
+          # journald), AF_INET/AF_INET6 (Control Plane, MediaMTX API) and write access to the
+          # runtime directory only.
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = if privilegedPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+          AmbientCapabilities = lib.optionals privilegedPort [ "CAP_NET_BIND_SERVICE" ];
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          # allowVideoAccess: MediaMTX reads cameras from /dev/video*.
+          PrivateDevices = !(mtx.allowVideoAccess or false);
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          # AF_INET/AF_INET6: ingest, Control Plane, Control API; AF_UNIX: D-Bus and journald;
+          # AF_NETLINK: MediaMTX lists interfaces for WebRTC ICE candidates.
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+            "AF_NETLINK"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" ];
+          SystemCallErrorNumber = "EPERM";
+        })
+      ];
+    };
+
+    # Only the MediaMTX user, only neustream-relay@<key>.service, only start/restart/stop/
+    # reset-failed: the rule shipped in systemd/, with the user NixOS runs MediaMTX as.
+    security.polkit.enable = true;
+    security.polkit.extraConfig =
+      let
+        rule = builtins.readFile ../systemd/neustream.rules;
+        needle = ''subject.user !== "mediamtx"'';
+      in
+      if lib.hasInfix needle rule then
+        builtins.replaceStrings [ needle ] [ "subject.user !== ${builtins.toJSON mtxUser}" ] rule
+      else
+        throw "nix/module.nix: systemd/neustream.rules no longer contains `${needle}`; update the user substitution in the module";
+
+    # ---- Relays: neustream-relay@.service and neustream.slice from the package, the module's
+    # settings as a drop-in (neustream-relay@.service.d/overrides.conf).
+    systemd.packages = [ cfg.package ];
+    systemd.services."neustream-relay@" = {
+      overrideStrategy = "asDropin";
+      # The relay does not read the settings file: its variables come from the unit.
+      environment = lib.mapAttrs (_: valueString) (
+        lib.getAttrs (builtins.filter (n: effectiveSettings ? ${n}) relayVariables) effectiveSettings
+      ) // {
+        NEUSTREAM_FFMPEG = lib.getExe' cfg.relay.ffmpegPackage "ffmpeg";
+      };
+      serviceConfig = {
+        CPUQuota = cfg.relay.cpuQuota;
+        MemoryMax = cfg.relay.memoryMax;
+        RestartSec = cfg.relay.restartSec;
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.rtmpPort ];
+  };
+
+  meta.maintainers = [ ];
+}

@@ -1,0 +1,8 @@
+# Must fail (nixos-eval.sh exit 2): no Control Plane URL, and MediaMTX's API switched off.
+# expect: services.neustream.controlPlaneUrl is not set
+# expect: services.mediamtx.settings.api is false
+{ ... }:
+{
+  services.neustream.enable = true;
+  services.mediamtx.settings.api = false;
+}
