@@ -130,6 +130,38 @@ impl ControlPlane {
         }
     }
 
+    /// One call of the API, retried within `budget` (doubling waits from `first_wait`) as long
+    /// as `judge` says the answer is worth another try. `form_key` sends the form `name=<key>`.
+    #[allow(clippy::too_many_arguments)]
+    async fn call<T>(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        form_key: Option<&StreamKey>,
+        budget: Duration,
+        first_wait: Duration,
+        limit: usize,
+        judge: impl Fn(u16, &[u8], String) -> Attempt<T>,
+    ) -> Result<T, ControlPlaneError> {
+        let url = self.endpoint(segments);
+        let endpoint = format!("{method} {url}");
+        retry(&endpoint, budget, first_wait, |timeout| {
+            let mut req = self.request(method.clone(), url.clone());
+            if let Some(key) = form_key {
+                req = req.form(&[("name", key.as_str())]);
+            }
+            let endpoint = endpoint.clone();
+            let judge = &judge;
+            async move {
+                match send(req, timeout, limit, &endpoint).await {
+                    Ok((status, body)) => judge(status, &body, endpoint),
+                    Err(attempt) => attempt,
+                }
+            }
+        })
+        .await
+    }
+
     /// `POST /api/auth/stream`: Ok only for `200` with body `OK`. 401 and 403 are final
     /// rejections; timeouts, connection errors and 5xx are retried within `budget`, then
     /// reject too (fail closed).
@@ -138,19 +170,17 @@ impl ControlPlane {
         key: &StreamKey,
         budget: Duration,
     ) -> Result<(), ControlPlaneError> {
-        let url = self.endpoint(&["api", "auth", "stream"]);
-        let endpoint = format!("POST {url}");
-        retry(&endpoint, budget, Duration::from_millis(100), |timeout| {
-            let req = self
-                .request(reqwest::Method::POST, url.clone())
-                .form(&[("name", key.as_str())]);
-            let endpoint = endpoint.clone();
-            async move {
-                let (status, body) = match send(req, timeout, MAX_SMALL_BODY, &endpoint).await {
-                    Ok(answer) => answer,
-                    Err(attempt) => return attempt,
-                };
-                let text = excerpt(&body);
+        let segments = ["api", "auth", "stream"];
+        let wait = Duration::from_millis(100);
+        self.call(
+            reqwest::Method::POST,
+            &segments,
+            Some(key),
+            budget,
+            wait,
+            MAX_SMALL_BODY,
+            |status, body, endpoint| {
+                let text = excerpt(body);
                 match status {
                     200 if text == "OK" => Attempt::Done(()),
                     401 | 403 => Attempt::Fail(ControlPlaneError::Rejected {
@@ -168,8 +198,8 @@ impl ControlPlane {
                         detail: format!("{status} '{text}' (only 200 'OK' accepts a key)"),
                     }),
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -179,19 +209,18 @@ impl ControlPlane {
         key: &StreamKey,
         budget: Duration,
     ) -> Result<Forwarding, ControlPlaneError> {
-        let url = self.endpoint(&["api", "streams", "forwarding", key.as_str()]);
-        let endpoint = format!("GET {url}");
-        retry(&endpoint, budget, Duration::from_millis(100), |timeout| {
-            let req = self.request(reqwest::Method::GET, url.clone());
-            let endpoint = endpoint.clone();
-            async move {
-                let (status, body) = match send(req, timeout, MAX_FORWARDING_BODY, &endpoint).await
-                {
-                    Ok(answer) => answer,
-                    Err(attempt) => return attempt,
-                };
+        let segments = ["api", "streams", "forwarding", key.as_str()];
+        let wait = Duration::from_millis(100);
+        self.call(
+            reqwest::Method::GET,
+            &segments,
+            None,
+            budget,
+            wait,
+            MAX_FORWARDING_BODY,
+            |status, body, endpoint| {
                 match status {
-                    200 => match serde_json::from_slice::<Forwarding>(&body) {
+                    200 => match serde_json::from_slice::<Forwarding>(body) {
                         Ok(forwarding) => Attempt::Done(forwarding),
                         // serde's messages may quote values (destination keys): position only.
                         Err(e) => Attempt::Fail(ControlPlaneError::Malformed {
@@ -199,9 +228,10 @@ impl ControlPlane {
                             detail: format!(
                                 "{} at line {} column {}",
                                 match e.classify() {
-                                    serde_json::error::Category::Data =>
+                                    serde_json::error::Category::Data => {
                                         "JSON of the wrong shape (expected an object with a \
-                                         'destinations' list)",
+                                     'destinations' list)"
+                                    }
                                     serde_json::error::Category::Eof => "truncated JSON",
                                     _ => "not JSON",
                                 },
@@ -211,14 +241,14 @@ impl ControlPlane {
                         }),
                     },
                     404 => Attempt::Fail(ControlPlaneError::NotFound { endpoint }),
-                    500..=599 => Attempt::Retry(format!("{status} {}", error_field(&body))),
+                    500..=599 => Attempt::Retry(format!("{status} {}", error_field(body))),
                     _ => Attempt::Fail(ControlPlaneError::Unexpected {
                         endpoint,
-                        detail: format!("{status} {}", error_field(&body)),
+                        detail: format!("{status} {}", error_field(body)),
                     }),
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -229,28 +259,24 @@ impl ControlPlane {
         key: &StreamKey,
         budget: Duration,
     ) -> Result<(), ControlPlaneError> {
-        let url = self.endpoint(&["api", "auth", "stream-end"]);
-        let endpoint = format!("POST {url}");
-        retry(&endpoint, budget, Duration::from_millis(500), |timeout| {
-            let req = self
-                .request(reqwest::Method::POST, url.clone())
-                .form(&[("name", key.as_str())]);
-            let endpoint = endpoint.clone();
-            async move {
-                let (status, body) = match send(req, timeout, MAX_SMALL_BODY, &endpoint).await {
-                    Ok(answer) => answer,
-                    Err(attempt) => return attempt,
-                };
-                match status {
-                    200..=299 => Attempt::Done(()),
-                    500..=599 => Attempt::Retry(format!("{status} {}", excerpt(&body))),
-                    _ => Attempt::Fail(ControlPlaneError::Unexpected {
-                        endpoint,
-                        detail: format!("{status} '{}'", excerpt(&body)),
-                    }),
-                }
-            }
-        })
+        let segments = ["api", "auth", "stream-end"];
+        let wait = Duration::from_millis(500);
+        self.call(
+            reqwest::Method::POST,
+            &segments,
+            Some(key),
+            budget,
+            wait,
+            MAX_SMALL_BODY,
+            |status, body, endpoint| match status {
+                200..=299 => Attempt::Done(()),
+                500..=599 => Attempt::Retry(format!("{status} {}", excerpt(body))),
+                _ => Attempt::Fail(ControlPlaneError::Unexpected {
+                    endpoint,
+                    detail: format!("{status} '{}'", excerpt(body)),
+                }),
+            },
+        )
         .await
     }
 }
