@@ -82,6 +82,12 @@ pub fn plan(
         // Fast start: skip frame-rate probing (~1.3 s); -c copy needs no decoding.
         "-fpsprobesize",
         "0",
+        // Copy timestamps in the input's time base (FLV: 1 ms). Otherwise the fifo outputs get
+        // ffmpeg's 1/framerate codec time base, and the 1 ms DTS steps MediaMTX writes between
+        // B-frames collide when rounded: ffmpeg then shifts every later frame and warns
+        // ("Non-monotonous DTS") once per frame and destination, ~90 log lines/s per stream.
+        "-copytb",
+        "1",
         "-tcp_nodelay",
         "1",
         "-i",
@@ -210,6 +216,7 @@ mod tests {
         assert!(argv.contains("-fpre /dev/fd/3") && argv.contains("-fpre /dev/fd/4"));
         assert!(argv.ends_with("rtmps://fb.com:443/rtmp"), "{argv}");
         assert!(argv.contains("-c copy"));
+        assert!(argv.contains("-copytb 1"), "{argv}");
         assert!(argv.contains("-recovery_wait_time 1.000"));
         assert_eq!(
             plan.presets[1],

@@ -166,6 +166,26 @@ impl StreamDir {
         }
     }
 
+    /// Releases the lock of `key` taken for nothing: removes the lock file too, unless `key` has
+    /// an env file (whose removal later takes the lock file with it). Anyone may publish any
+    /// key, so a refused one must leave no file behind.
+    pub fn unlock(&self, key: &StreamKey, held: KeyLock) -> Result<(), StreamDirError> {
+        let result = if self.env_path(key).exists() {
+            Ok(())
+        } else {
+            match fs::remove_file(self.lock_path(key)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StreamDirError::Io {
+                    action: "remove",
+                    path: self.lock_path(key),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        };
+        drop(held);
+        result
+    }
+
     /// Removes the env file of `key` (if any) and, since the caller holds it, its lock file.
     pub fn remove(&self, key: &StreamKey, _held: &KeyLock) -> Result<(), StreamDirError> {
         for path in [self.env_path(key), self.lock_path(key)] {
@@ -215,6 +235,29 @@ mod tests {
         // Nothing left behind: no temporary file, no lock file.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn unlock_leaves_nothing_for_a_key_without_env_file() {
+        let dir = tempdir("unlock");
+        let sd = StreamDir::open(&dir).unwrap();
+        let (k1, k2) = (
+            StreamKey::parse("k1").unwrap(),
+            StreamKey::parse("k2").unwrap(),
+        );
+        let lock = sd.lock(&k1).unwrap();
+        sd.unlock(&k1, lock).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        // A key with an env file keeps its lock file until the env file goes.
+        let lock = sd.lock(&k2).unwrap();
+        sd.write(&k2, "A=1\n").unwrap();
+        sd.unlock(&k2, lock).unwrap();
+        assert!(sd.lock_path(&k2).exists());
+        let lock = sd.lock(&k2).unwrap();
+        sd.remove(&k2, &lock).unwrap();
+        drop(lock);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

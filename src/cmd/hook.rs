@@ -94,8 +94,8 @@ impl Hook {
             }
             Err(_) => Ok(()),
         };
-        self.dir.remove(key, &lock)?;
-        drop(lock);
+        // Reported under the lock: a new publish of this key (OBS reconnecting) authenticates
+        // only after it, else this end would close the new publisher's session.
         if recorded.is_some() || report_anyway {
             match self
                 .control_plane
@@ -110,6 +110,8 @@ impl Hook {
                 ),
             }
         }
+        self.dir.remove(key, &lock)?;
+        drop(lock);
         systemd?;
         stopped?;
         Ok(())

@@ -21,7 +21,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("refusing stream path '{path}'"));
         }
         let hook = Hook::new(args)?;
-        tokio::select! {
+        let result = tokio::select! {
             result = publish(&hook) => result,
             signal = hook::interrupted() => {
                 // The stream stopped while we were starting it: undo what was done.
@@ -29,26 +29,38 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
                 hook.end_session(hook.accepted()).await?;
                 anyhow::bail!("{}: publish abandoned on {signal}", hook.key)
             }
+        };
+        if result.is_err() {
+            // Not relayed: drop the publisher. Outside the select, since the kick itself makes
+            // MediaMTX stop the stream and SIGINT this hook, which must not cut it short.
+            hook.kick().await;
         }
+        result
     })
 }
 
 async fn publish(hook: &Hook) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
+    // Held from before the Control Plane hears of this publish until its relay runs. The
+    // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
+    // reports its end before our authentication, or then finds us the owner and reports nothing.
+    let lock = hook.dir.lock(key)?;
     if let Err(e) = hook.control_plane.authenticate(key, s.auth_timeout).await {
-        hook.kick().await;
+        if let Err(e) = hook.dir.unlock(key, lock) {
+            warn!(stream_key = %key, "{key}: {e}");
+        }
         return Err(e).context("stream not relayed");
     }
     hook.accepted.store(true, Ordering::SeqCst);
     info!(stream_key = %key, "{key}: accepted by the Control Plane (publisher {})", hook.source_id);
 
     let result = start_relay(hook).await;
+    drop(lock);
     if result.is_err() {
-        // Accepted, but it cannot be relayed: end the Control Plane's session and drop the
-        // publisher, so that OBS reconnects and tries again.
+        // Accepted, but it cannot be relayed: end the Control Plane's session; the caller
+        // drops the publisher, so that OBS reconnects and tries again.
         hook.end_session(true).await.ok();
-        hook.kick().await;
     }
     result.context("stream not relayed")
 }
@@ -78,7 +90,6 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
     let contents = spec.render()?;
 
     let systemd = Systemd::connect(s.unit_timeout).await?;
-    let lock = hook.dir.lock(key)?;
     let path = hook.dir.write(key, &contents)?;
     if spec.destinations.is_empty() {
         // A stream with nowhere to go is not an error; a relay of an earlier publish must stop.
@@ -87,11 +98,7 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         return Ok(());
     }
     systemd.reset_failed(&hook.unit).await?;
-    if let Err(e) = systemd.restart_and_wait(&hook.unit, s.unit_timeout).await {
-        drop(lock);
-        return Err(e.into());
-    }
-    drop(lock);
+    systemd.restart_and_wait(&hook.unit, s.unit_timeout).await?;
     info!(
         stream_key = %key,
         "{key}: {} relaying to {} destination(s) (env file {})",

@@ -223,6 +223,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 };
                 contract_or(scripted, || Reply::Text(200, "OK".into()))
             }
+            // MediaMTX's Control API (v3) kick, for system tests that point
+            // NEUSTREAM_MEDIAMTX_API_URL here: recorded like the rest.
+            ("POST", p) if p.starts_with("/v3/") && p.contains("/kick/") => {
+                Reply::Text(200, String::new())
+            }
             _ => Reply::Text(404, "Not found".into()),
         }
     };

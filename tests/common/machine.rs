@@ -31,7 +31,8 @@ pub struct Machine {
 
 #[derive(Default)]
 pub struct Options {
-    /// Extra unit files (name, contents) placed beside the project's units.
+    /// Extra unit files or drop-ins (name relative to /run/systemd/system, contents) placed
+    /// beside the project's units.
     pub units: Vec<(String, String)>,
     /// Units the test target pulls in at boot.
     pub wants: Vec<String>,
@@ -92,6 +93,8 @@ impl Machine {
         )
         .unwrap();
         for (unit, text) in &options.units {
+            // A name may be a drop-in: "x@y.service.d/z.conf".
+            std::fs::create_dir_all(units.join(unit).parent().unwrap()).unwrap();
             std::fs::write(units.join(unit), text).unwrap();
         }
         let binary = env!("CARGO_BIN_EXE_neustream");

@@ -5,6 +5,7 @@
 pub mod control_plane_double;
 pub mod machine;
 pub mod media;
+pub mod mediamtx;
 pub mod nginx;
 
 use std::net::TcpListener;

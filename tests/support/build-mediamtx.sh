@@ -18,7 +18,9 @@
 #
 # Versions the Go module proxy served when this was written (others, incl.
 # v1.19.0-v1.15.x and v1.20.2+ / v1.21.1+, answered 403 Forbidden):
-#   v1.21.0 (default), v1.20.1, v1.20.0, v1.19.2
+#   v1.21.0 (default), v1.20.1, v1.20.0, v1.19.3, v1.19.2
+# Of these, v1.20.0 and v1.19.2 do not build: the proxy refuses dependency
+# versions they pin (github.com/aler9/gosrt pseudo-version; gortmplib v0.4.0).
 #
 # MediaMTX's `go generate` step downloads hls.min.js (from GitHub) and derives
 # VERSION from git; neither is reachable here, so they are supplied instead:
@@ -84,7 +86,7 @@ log "fetching $MODULE@$VERSION from the Go module proxy"
 if ! (cd "$TMP" && GO111MODULE=on "$GO" mod download -json "$MODULE@$VERSION" >"$TMP/dl.json" 2>"$TMP/dl.err"); then
   cat "$TMP/dl.err" >&2 || true
   grep '"Error"' "$TMP/dl.json" >&2 || true
-  die "the module proxy did not serve $MODULE@$VERSION (known served: v1.21.0 v1.20.1 v1.20.0 v1.19.2)"
+  die "the module proxy did not serve $MODULE@$VERSION (known served: v1.21.0 v1.20.1 v1.20.0 v1.19.3 v1.19.2)"
 fi
 MODDIR=$GOMODCACHE/github.com/bluenviron/mediamtx@$VERSION
 [[ -f $MODDIR/go.mod ]] || die "module not found at $MODDIR"

@@ -1,0 +1,402 @@
+//! A real MediaMTX in front of the hooks: built from the Go module proxy by
+//! `tests/support/build-mediamtx.sh` (cached under /var/cache/neustream-test), and run inside a
+//! system-test machine by the shipped `systemd/mediamtx.service` (user `mediamtx`) with the
+//! shipped `mediamtx.yml`, of which only the listening ports are changed. The hooks read their
+//! settings from /etc/neustream/neustream.env inside the machine, as on a Debian install.
+//!
+//! Also: an RTMP publisher that can drop or stall like OBS on a bad network, and a small client
+//! of MediaMTX's Control API.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::machine::{Machine, Options};
+
+const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The MediaMTX release the shipped configuration is written for.
+pub const VERSION: &str = "v1.21.0";
+/// Older releases the hooks are also tested with: the last 1.20, and the oldest the Go module
+/// proxy lets us build, which is also the first with runOnAvailable/runOnUnavailable (v1.20.0
+/// and v1.19.2 pin dependency versions the proxy refuses; see docs/mediamtx.md).
+pub const OLDER_VERSIONS: [&str; 2] = ["v1.20.1", "v1.19.3"];
+
+/// Where the binary is installed on a Debian host, as systemd/mediamtx.service runs it.
+const INSTALLED_BINARY: &str = "/usr/local/bin/mediamtx";
+const INSTALLED_CONFIG: &str = "/etc/neustream/mediamtx.yml";
+const SETTINGS_FILE: &str = "/etc/neustream/neustream.env";
+pub const UNIT: &str = "mediamtx.service";
+
+/// The MediaMTX binary of `version`, built (or found in the cache) by
+/// tests/support/build-mediamtx.sh. Fails with the script's own words if it cannot be built.
+pub fn binary(version: &str) -> PathBuf {
+    let script = Path::new(PROJECT).join("tests/support/build-mediamtx.sh");
+    let out = Command::new(&script)
+        .arg(version)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().map(str::trim).unwrap_or("");
+    assert!(
+        out.status.success() && Path::new(path).is_file(),
+        "MediaMTX {version} could not be built by {} ({}); it needs Go, npm and the Go module \
+         proxy (see .ci/run). Its output:\n{}",
+        script.display(),
+        out.status,
+        tail(&String::from_utf8_lossy(&out.stderr), 30)
+    );
+    PathBuf::from(path)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The project's mediamtx.yml, as shipped.
+pub fn shipped_config() -> String {
+    std::fs::read_to_string(Path::new(PROJECT).join("mediamtx.yml")).unwrap()
+}
+
+/// Replaces the one line `from` of `text` by `to`; panics if it is not there exactly once.
+fn replace_line(text: &str, from: &str, to: &str) -> String {
+    let n = text.lines().filter(|l| *l == from).count();
+    assert_eq!(
+        n, 1,
+        "mediamtx.yml must have exactly one line '{from}' (found {n})"
+    );
+    text.lines()
+        .map(|l| if l == from { to } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The shipped configuration with its RTMP and API listeners moved to free loopback ports:
+/// the only change a test makes.
+pub fn adapt(shipped: &str, rtmp_port: u16, api_port: u16) -> String {
+    let text = replace_line(
+        shipped,
+        "rtmpAddress: :1935",
+        &format!("rtmpAddress: 127.0.0.1:{rtmp_port}"),
+    );
+    replace_line(
+        &text,
+        "apiAddress: 127.0.0.1:9997",
+        &format!("apiAddress: 127.0.0.1:{api_port}"),
+    )
+}
+
+/// What docs/mediamtx.md tells operators of MediaMTX < 1.19.3 to do: the hooks' old names.
+pub fn with_old_hook_names(config: &str) -> String {
+    let mut text = config.to_string();
+    for (new, old) in [
+        ("    runOnAvailable: ", "    runOnReady: "),
+        ("    runOnAvailableRestart: ", "    runOnReadyRestart: "),
+        ("    runOnUnavailable: ", "    runOnNotReady: "),
+    ] {
+        assert_eq!(text.matches(new).count(), 1, "no '{new}' in mediamtx.yml");
+        text = text.replace(new, old);
+    }
+    text
+}
+
+/// Which names the hooks go by in the configuration MediaMTX gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookNames {
+    /// runOnAvailable / runOnUnavailable, as shipped (MediaMTX >= 1.19.3).
+    Shipped,
+    /// runOnReady / runOnNotReady (MediaMTX < 1.19.3; deprecated aliases from then on).
+    Old,
+}
+
+/// A real MediaMTX running as a systemd service in its own test machine.
+pub struct Ingest {
+    pub machine: Machine,
+    pub version: String,
+    pub rtmp_port: u16,
+    pub api_port: u16,
+    /// The configuration MediaMTX runs with (on the host: `<machine dir>/mediamtx.yml`).
+    pub config: String,
+    pub config_path: PathBuf,
+}
+
+impl Ingest {
+    /// Boots a machine with the shipped mediamtx.service, installs MediaMTX `version` as
+    /// /usr/local/bin/mediamtx, the adapted mediamtx.yml and a settings file for the hooks that
+    /// points them at `control_plane_url`, then starts MediaMTX and waits for its listeners.
+    pub fn start(label: &str, version: &str, names: HookNames, control_plane_url: &str) -> Ingest {
+        let binary = binary(version);
+        let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
+        let machine = Machine::boot_with(
+            label,
+            Options {
+                units: vec![(UNIT.to_string(), unit)],
+                wants: vec![],
+            },
+        );
+        let (rtmp_port, api_port) = (super::free_port(), super::free_port());
+        let mut config = adapt(&shipped_config(), rtmp_port, api_port);
+        if names == HookNames::Old {
+            config = with_old_hook_names(&config);
+        }
+        let config_path = machine.dir.join("mediamtx.yml");
+        std::fs::write(&config_path, &config).unwrap();
+        let settings = machine.dir.join("neustream.env");
+        std::fs::write(
+            &settings,
+            format!(
+                "CONTROL_PLANE_URL={control_plane_url}\n\
+                 NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{rtmp_port}\n\
+                 NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n"
+            ),
+        )
+        .unwrap();
+        // As the README installs them; the machine's root is a throw-away overlay.
+        let (b, c, s) = (
+            binary.to_str().unwrap(),
+            config_path.to_str().unwrap(),
+            settings.to_str().unwrap(),
+        );
+        machine.ok(&["ln", "-sf", b, INSTALLED_BINARY]);
+        machine.ok(&["install", "-D", "-m", "0644", c, INSTALLED_CONFIG]);
+        machine.ok(&[
+            "install",
+            "-D",
+            "-m",
+            "0640",
+            "-o",
+            "root",
+            "-g",
+            "mediamtx",
+            s,
+            SETTINGS_FILE,
+        ]);
+        machine.ok(&["systemctl", "start", UNIT]);
+        let ingest = Ingest {
+            machine,
+            version: version.to_string(),
+            rtmp_port,
+            api_port,
+            config,
+            config_path,
+        };
+        let up = super::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+            (TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok()
+                && ingest.api("/v3/paths/list").is_some())
+            .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "MediaMTX {version} did not listen on 127.0.0.1:{rtmp_port} (RTMP) and \
+             127.0.0.1:{api_port} (API):\n{}",
+            ingest.log()
+        );
+        ingest
+    }
+
+    /// Where a publisher of `key` publishes.
+    pub fn publish_url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp_port)
+    }
+
+    /// GET on MediaMTX's Control API: the JSON answer, if 200.
+    pub fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let mut conn =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], self.api_port).into(), ms(1000)).ok()?;
+        conn.set_read_timeout(Some(ms(3000))).ok()?;
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        serde_json::from_str(body).ok()
+    }
+
+    /// MediaMTX's RTMP connections: (id, path, state).
+    pub fn rtmp_conns(&self) -> Option<Vec<(String, String, String)>> {
+        let list = self.api("/v3/rtmpconns/list")?;
+        let field = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or("").to_string();
+        Some(
+            list["items"]
+                .as_array()?
+                .iter()
+                .map(|c| (field(c, "id"), field(c, "path"), field(c, "state")))
+                .collect(),
+        )
+    }
+
+    /// Ids of the RTMP connections publishing to live/<key>.
+    pub fn publishers(&self, key: &str) -> Vec<String> {
+        let path = format!("live/{key}");
+        self.rtmp_conns()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, p, s)| *p == path && s == "publish")
+            .map(|(id, _, _)| id)
+            .collect()
+    }
+
+    /// Every line of MediaMTX and of its hooks. The hooks' are taken by their identifier too:
+    /// journald attributes a line to its sender's unit by reading the sender's cgroup when it
+    /// processes the line, which fails when the hook has already exited (seen on this
+    /// cgroup-v1 hybrid host for the last lines of a hook that exits at once).
+    pub fn log(&self) -> String {
+        self.machine.journal(&[
+            "-o",
+            "short-monotonic",
+            &format!("_SYSTEMD_UNIT={UNIT}"),
+            "+",
+            &format!("UNIT={UNIT}"),
+            "+",
+            "SYSLOG_IDENTIFIER=neustream",
+        ])
+    }
+
+    /// MediaMTX's own lines (its stdout), without the hooks'.
+    pub fn own_log(&self) -> String {
+        self.machine
+            .journal(&["-u", UNIT, "-t", "mediamtx", "-o", "cat"])
+    }
+
+    /// MediaMTX's warnings: its lines at level WAR, and any that says "deprecated".
+    pub fn warnings(&self) -> Vec<String> {
+        self.own_log()
+            .lines()
+            .filter(|l| l.contains(" WAR ") || l.starts_with("WAR ") || l.contains("deprecated"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Command lines of the hooks running now (`neustream ready` / `neustream unpublish`).
+    pub fn running_hooks(&self) -> Vec<String> {
+        self.machine
+            .processes("neustream")
+            .into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .filter(|cmd| !cmd.contains(" relay "))
+            .collect()
+    }
+
+    /// Waits until no hook runs any more; panics after `timeout`.
+    pub fn wait_hooks_done(&self, timeout: Duration) {
+        let done = super::wait_for(timeout, ms(50), || {
+            self.running_hooks().is_empty().then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "hooks still running after {timeout:?}: {:?}\n{}",
+            self.running_hooks(),
+            self.log()
+        );
+    }
+
+    /// The per-stream env file of `key`, if there is one.
+    pub fn env_file(&self, key: &str) -> Option<String> {
+        let out = self
+            .machine
+            .run(&["cat", &format!("/run/neustream/streams/{key}.env")]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A variable of the env file of `key`.
+    pub fn env_var(&self, key: &str, var: &str) -> Option<String> {
+        let text = self.env_file(key)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .map(|v| v.trim_matches(|c| c == '"' || c == '\'').to_string())
+    }
+
+    /// Relay units (neustream-relay@*.service) that are active now.
+    pub fn active_relays(&self) -> Vec<String> {
+        self.machine
+            .ok(&[
+                "systemctl",
+                "list-units",
+                "--plain",
+                "--no-legend",
+                "--state=active",
+                "neustream-relay@*",
+            ])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A publisher of the synthetic clip at real time (ffmpeg, as OBS would publish), that can also
+/// drop its connection or stall like OBS on a bad network. Killed on drop.
+pub struct Feed {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Feed {
+    pub fn start(url: &str, log: &Path) -> Feed {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-stream_loop", "-1", "-i"])
+            .arg(super::media::clip())
+            .args(["-c", "copy", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start ffmpeg");
+        Feed {
+            child,
+            log: log.into(),
+        }
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// The network hangs: the process stops, its TCP connection stays open and silent.
+    pub fn stall(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// The encoder dies: the kernel closes its connection.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// The user stops streaming: ffmpeg ends the stream and disconnects.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let done = super::wait_for(Duration::from_secs(5), ms(20), || self.exited());
+        if done.is_none() {
+            self.kill();
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.kill();
+        }
+    }
+}
