@@ -53,12 +53,14 @@ let
   # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.
   mtxUser = config.systemd.services.mediamtx.serviceConfig.User or "mediamtx";
 
-  livePath = "~^live/[^/]+$";
+  # The same path as the shipped mediamtx.yml: stream keys are [A-Za-z0-9_-]+.
+  livePath = "~^live/[A-Za-z0-9_-]+$";
 
-  # MediaMTX 1.20 renamed runOnReady/runOnNotReady to runOnAvailable/runOnUnavailable.
+  # MediaMTX 1.19.3 renamed runOnReady/runOnNotReady to runOnAvailable/runOnUnavailable (the old
+  # names still work there, with a deprecation warning).
   mtxVersion = mtx.package.version or "0";
   hooks =
-    if lib.versionAtLeast mtxVersion "1.20" then
+    if lib.versionAtLeast mtxVersion "1.19.3" then
       {
         ready = "runOnAvailable";
         gone = "runOnUnavailable";

@@ -16,7 +16,7 @@ use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
     long_about = "Neustream media server: authenticates publishers against the Neustream Control \
 Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
 MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
-before MediaMTX 1.20) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
+before MediaMTX 1.19.3) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
 unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination."
 )]
