@@ -148,8 +148,9 @@ pub struct HookSettings {
           value_parser = parse_duration)]
     pub stream_end_timeout: Duration,
 
-    /// Time allowed for systemd to start or stop a relay unit.
-    #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time allowed for systemd to start or stop a relay unit; above the unit's TimeoutStopSec=10
+    /// so that a stop that ends in SIGKILL still reports its result.
+    #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
 }
 
