@@ -7,6 +7,9 @@
 //! `mediamtx` and /run/neustream/streams from the project's sysusers and tmpfiles files. It
 //! shares the host's network namespace: servers on the host's 127.0.0.1 are reachable.
 //!
+//! The checkout is bound read-only at its own path (nspawn mounts a fresh /tmp, which would
+//! hide a checkout under /tmp), the test's scratch directory read-write.
+//!
 //! It is always shut down: on drop (also when a test panics), and by `timeout` around
 //! systemd-nspawn if the test process dies without unwinding.
 
@@ -103,12 +106,14 @@ impl Machine {
             "set -e; mount --make-rprivate /; mount --bind / {root}; \
              exec timeout --kill-after=10 {MAX_LIFETIME} systemd-nspawn -q -D {root} \
              --volatile=overlay -b --register=no --keep-unit --link-journal=no -M {name} \
+             --bind-ro={project} \
              --bind-ro={units}:/run/systemd/system \
              --bind-ro={binary}:/usr/local/bin/neustream \
              --bind-ro={rules}:/etc/polkit-1/rules.d/50-neustream.rules \
              --bind={dir} \
              -- systemd.unit=neustream-test.target",
             root = root.display(),
+            project = PROJECT,
             units = units.display(),
             rules = rules.display(),
             dir = dir.display(),
