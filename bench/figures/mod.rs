@@ -1,0 +1,8 @@
+//! One module per figure; each runs its measurements and returns a Markdown section.
+
+pub mod cost;
+pub mod latency;
+pub mod recovery;
+pub mod scale;
+pub mod storm;
+pub mod ttff;

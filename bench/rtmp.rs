@@ -1,0 +1,300 @@
+//! nginx-rtmp servers on 127.0.0.1, as destinations (they record into files the benchmark
+//! watches, and report per-stream timestamps through `rtmp_stat`) and as the ingest of the
+//! "nginx-rtmp push" baseline; and the synthetic publishers.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{free_port, wait_for};
+
+pub const MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// Children die with the benchmark, even when it is killed.
+fn die_with_parent(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// Applications of a destination server: `live` (no recording: for figures that only need
+/// stream statistics), `rec` (records everything: arrival of every frame), `head` (records
+/// the first 512 KB of each stream: its first frames, for many streams at little cost).
+pub fn destination_apps(dir: &Path) -> String {
+    format!(
+        "application live {{ live on; }}\n\
+         application rec {{ live on; record all; record_path {d}/rec; record_unique off; }}\n\
+         application head {{ live on; record all; record_path {d}/head; record_unique off;\n\
+           record_max_size 512K; }}\n",
+        d = dir.display()
+    )
+}
+
+/// Applications of the "nginx-rtmp push" ingest: `plain` relays nothing (its CPU is the
+/// ingest's own), the others push every stream to the same application of each destination.
+pub fn push_apps(dests: &[u16]) -> String {
+    let mut out = String::from("application plain { live on; }\n");
+    for app in ["live", "rec", "head"] {
+        out.push_str(&format!("application {app} {{ live on;\n"));
+        for port in dests {
+            out.push_str(&format!("  push rtmp://127.0.0.1:{port}/{app};\n"));
+        }
+        out.push_str("}\n");
+    }
+    out
+}
+
+pub struct Nginx {
+    pub port: u16,
+    pub http_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// One stream as `rtmp_stat` shows it.
+#[derive(Debug, Clone)]
+pub struct StreamStat {
+    pub app: String,
+    pub name: String,
+    /// The publisher's last message timestamp, seconds.
+    pub timestamp: f64,
+    pub publishing: bool,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, apps: &str) -> Nginx {
+        Self::start_on(dir, free_port(), free_port(), apps)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, http_port: u16, apps: &str) -> Nginx {
+        assert!(
+            Path::new(MODULE).exists(),
+            "{MODULE} missing: apt-get install nginx-light libnginx-mod-rtmp"
+        );
+        for sub in ["rec", "head", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Workers run as nobody when nginx is started by root: let them write.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rwx"])
+            .arg(dir)
+            .status();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module {MODULE};\n\
+                 daemon off;\nmaster_process on;\nworker_processes 1;\n\
+                 worker_rlimit_nofile 16384;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                 events {{ worker_connections 8192; }}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n{apps}}} }}\n\
+                 http {{ access_log off; server {{ listen 127.0.0.1:{http_port};\n\
+                   location /stat {{ rtmp_stat all; }} }} }}\n",
+                d = dir.display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.join("tmp"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("start nginx");
+        let server = Nginx {
+            port,
+            http_port,
+            dir: dir.into(),
+            child: Some(child),
+        };
+        let up = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(
+            up.is_some(),
+            "nginx did not listen on 127.0.0.1:{port}; see {}/error.log",
+            dir.display()
+        );
+        server
+    }
+
+    pub fn url(&self, app: &str, name: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{name}", self.port)
+    }
+
+    /// Where the application `app` (rec or head) records stream `name`.
+    pub fn recording(&self, app: &str, name: &str) -> PathBuf {
+        self.dir.join(app).join(format!("{name}.flv"))
+    }
+
+    /// The master and its workers.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(child) = &self.child else {
+            return vec![];
+        };
+        let master = child.id() as i32;
+        let mut pids = crate::procs::descendants(master);
+        pids.push(master);
+        pids
+    }
+
+    /// Every stream of every application.
+    pub fn stat(&self) -> Vec<StreamStat> {
+        let Some(xml) = http_get(self.http_port, "/stat") else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for app in xml.split("<application>").skip(1) {
+            let app_name = between(app, "<name>", "</name>").unwrap_or("").to_string();
+            for stream in app.split("<stream>").skip(1) {
+                let stream = stream.split("</stream>").next().unwrap_or("");
+                let name = between(stream, "<name>", "</name>")
+                    .unwrap_or("")
+                    .to_string();
+                let publisher = stream
+                    .split("<client>")
+                    .skip(1)
+                    .find(|c| c.contains("<publishing/>"));
+                let timestamp = publisher
+                    .and_then(|c| between(c, "<timestamp>", "</timestamp>"))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map_or(0.0, |ms| ms / 1000.0);
+                out.push(StreamStat {
+                    app: app_name.clone(),
+                    name,
+                    timestamp,
+                    publishing: publisher.is_some(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Stops the server now (SIGTERM to the master, which stops its workers).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let workers = crate::procs::descendants(child.id() as i32);
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let done = wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
+            child.try_wait().ok().flatten()
+        });
+        if done.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A worker may outlive its master for a moment; never leave one behind.
+        for w in workers {
+            if crate::procs::alive(w) && crate::procs::comm(w).as_deref() == Some("nginx") {
+                unsafe { libc::kill(w, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join("nginx.pid"));
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (the benchmark has no HTTP client dependency).
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (_, body) = body.split_once("\r\n\r\n")?;
+    Some(body.to_string())
+}
+
+/// `ffmpeg -re -stream_loop -1 -i CLIP -c copy -f flv URL`: the synthetic publisher.
+pub struct Publisher {
+    child: Child,
+}
+
+impl Publisher {
+    pub fn start(clip: &Path, url: &str) -> Publisher {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+        ])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // No pre_exec here: std then uses posix_spawn (vfork), ~1 ms per publisher instead of
+        // a fork of the benchmark, so that a storm of publishers starts within a second. A
+        // publisher left behind by a killed benchmark ends by itself once its ingest is gone.
+        Publisher {
+            child: cmd.spawn().expect("start a publisher (ffmpeg)"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM now, without waiting (see `reap`).
+    pub fn signal(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    pub fn reap(&mut self) {
+        let done = wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if done.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal();
+            self.reap();
+        }
+    }
+}
+
+/// Stops many publishers at once: all signalled, then all reaped.
+pub fn stop_all(publishers: &mut Vec<Publisher>) {
+    for p in publishers.iter() {
+        p.signal();
+    }
+    for p in publishers.iter_mut() {
+        p.reap();
+    }
+    publishers.clear();
+}
