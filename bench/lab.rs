@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::common::arrivals::Watcher;
 use crate::common::control_plane_double::ControlPlaneDouble;
 use crate::common::machine::{Machine, Options};
 use crate::common::{free_port, wait_for};
-use crate::flv::Watcher;
 use crate::rtmp::{destination_apps, http_get, push_apps, Nginx, Publisher};
 
 pub const PROJECT: &str = env!("CARGO_MANIFEST_DIR");

@@ -11,7 +11,6 @@
 mod common;
 
 mod figures;
-mod flv;
 mod lab;
 mod layouts;
 mod procs;

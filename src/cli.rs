@@ -169,13 +169,30 @@ pub struct RelayArgs {
     )]
     pub ffmpeg: PathBuf,
 
-    /// Wait between two attempts to reach a destination that failed or dropped.
-    #[arg(long, env = "NEUSTREAM_RETRY_WAIT", default_value = "1s", value_parser = parse_duration)]
-    pub retry_wait: Duration,
-
-    /// Time ffmpeg gets to stop after SIGTERM before it is killed.
+    /// Time ffmpeg gets to stop (and close its publish cleanly) before it is killed.
     #[arg(long, env = "NEUSTREAM_STOP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+
+    /// Verify the TLS certificate (and host name) of rtmps:// destinations. Turning this off
+    /// hands their stream keys to anyone who can redirect their traffic; a warning says so at
+    /// every start.
+    #[arg(long, env = "NEUSTREAM_TLS_VERIFY", default_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub tls_verify: bool,
+
+    /// CA bundle that rtmps:// destinations' certificates are verified against.
+    #[arg(
+        long,
+        env = "NEUSTREAM_CA_FILE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt",
+        value_name = "FILE"
+    )]
+    pub ca_file: PathBuf,
+
+    /// Directory of the relay's state file (state.json); default: the unit's runtime
+    /// directory ($RUNTIME_DIRECTORY).
+    #[arg(long, env = "NEUSTREAM_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -92,6 +92,14 @@ pub fn stream_vars() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The unit's runtime directory (`RuntimeDirectory=`), as systemd tells it: the first of
+/// `$RUNTIME_DIRECTORY`'s colon-separated paths.
+pub fn runtime_directory() -> Option<PathBuf> {
+    let value = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = value.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
 /// `JOURNAL_STREAM` (device:inode of the journal stream systemd connected us to), if set.
 pub fn journal_stream() -> Option<String> {
     std::env::var("JOURNAL_STREAM").ok()

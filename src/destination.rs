@@ -168,6 +168,20 @@ impl Destination {
         &self.server[..end]
     }
 
+    /// The server's host and TCP port (RTMP's 1935, RTMPS's 443 unless the URL names one).
+    pub fn host_port(&self) -> (String, u16) {
+        let authority = &self.server[..self.app_start - 1];
+        let parsed = url::Url::parse(authority).expect("validated in from_parts");
+        let default = if authority.starts_with("rtmps://") {
+            443
+        } else {
+            1935
+        };
+        let host = parsed.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.to_owned(), parsed.port().unwrap_or(default))
+    }
+
     /// The URL as shown in logs: `rtmp://host/app/<redacted>`.
     pub fn redacted(&self) -> String {
         format!("{}/{REDACTED}", self.public_url())
@@ -258,6 +272,21 @@ mod tests {
 
     fn d(platform: &str, server: &str, key: &str) -> Result<Destination, DestinationError> {
         Destination::from_parts(platform, server, key)
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        let hp = |u: &str| d("x", u, "k").unwrap().host_port();
+        assert_eq!(
+            hp("rtmp://a.rtmp.youtube.com/live2"),
+            ("a.rtmp.youtube.com".into(), 1935)
+        );
+        assert_eq!(hp("rtmps://fb.com/rtmp/"), ("fb.com".into(), 443));
+        assert_eq!(
+            hp("RTMP://127.0.0.1:19350/live"),
+            ("127.0.0.1".into(), 19350)
+        );
+        assert_eq!(hp("rtmp://[::1]:1936/live?x=1"), ("::1".into(), 1936));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::flv::now;
+use crate::common::arrivals::now;
 use crate::lab::Lab;
 use crate::layouts::{Layout, Streams};
 use crate::procs::{mem, CpuMeter, Mem};

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::flv::{now, worst_gap};
+use crate::common::arrivals::{now, worst_gap};
 use crate::lab::Lab;
 use crate::layouts::{Layout, Streams};
 use crate::rtmp::{destination_apps, Nginx};

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use crate::flv::{now, worst_gap};
+use crate::common::arrivals::{now, worst_gap};
 use crate::lab::{Lab, DESTS};
 use crate::layouts::{Layout, Streams};
 use crate::procs::{mem, CpuMeter, SystemMeter};

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::flv::now;
+use crate::common::arrivals::now;
 use crate::lab::{Lab, DESTS};
 use crate::layouts::Layout;
 use crate::rtmp::{stop_all, Publisher};

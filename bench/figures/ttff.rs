@@ -15,7 +15,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::flv::now;
+use crate::common::arrivals::now;
 use crate::lab::{field, timed, Lab, DESTS, PROJECT};
 use crate::stats::{ratio, secs, summary, table};
 use crate::{progress, Opts};

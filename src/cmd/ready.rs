@@ -126,13 +126,9 @@ fn select_destinations(key: &StreamKey, raw: Vec<serde_json::Value>) -> Vec<Dest
         let entry: RawDestination = serde_json::from_value(value).unwrap_or_default();
         let platform = crate::destination::platform_name(entry.platform.as_deref().unwrap_or(""));
         let result = match (&entry.rtmp_url, &entry.stream_key) {
-            (Some(url), Some(stream_key)) => Destination::from_parts(&platform, url, stream_key)
-                .map_err(|e| e.to_string())
-                .and_then(|d| {
-                    crate::ffmpeg::check(&d)
-                        .map(|()| d)
-                        .map_err(|e| e.to_string())
-                }),
+            (Some(url), Some(stream_key)) => {
+                Destination::from_parts(&platform, url, stream_key).map_err(|e| e.to_string())
+            }
             _ => Err("rtmp_url or stream_key missing".into()),
         };
         match result {

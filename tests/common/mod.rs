@@ -2,6 +2,7 @@
 //! servers (nginx + libnginx-mod-rtmp), a synthetic publisher, and ffprobe of what arrived.
 #![allow(dead_code)]
 
+pub mod arrivals;
 pub mod control_plane_double;
 pub mod machine;
 pub mod media;

@@ -1,4 +1,4 @@
-//! When frames reach a destination: nginx-rtmp records what is published to it (`record all`)
+//! When frames reach a destination (tests and the benchmark): nginx-rtmp records what is published to it (`record all`)
 //! by writing each FLV tag with its own write(2) as the message arrives, so the recording grows
 //! frame by frame. A watcher thread polls the recordings every few milliseconds, parses the new
 //! tags, and stamps each video frame with the wall-clock time it first saw it. A frame's

@@ -1,0 +1,445 @@
+//! FLV, as ffmpeg's muxer writes it to a pipe and its demuxer reads it back: the file header,
+//! then tags (11-byte header, payload, 4-byte size of the previous tag).
+//!
+//! The relay needs little of each tag: its kind, its timestamp, whether it is a video
+//! keyframe, and whether it is an AVC/AAC sequence header (codec configuration). Payloads are
+//! kept as shared [`Bytes`], so one tag read from the source is written to every destination
+//! without a copy of its own.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// `FLV`, version 1, audio+video flags, header size 9, then PreviousTagSize0.
+pub const FILE_HEADER: [u8; 13] = [b'F', b'L', b'V', 1, 0x05, 0, 0, 0, 9, 0, 0, 0, 0];
+const TAG_HEADER_LEN: usize = 11;
+const PREVIOUS_SIZE_LEN: usize = 4;
+/// The largest payload a tag header can describe (24 bits).
+pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
+
+const AUDIO: u8 = 8;
+const VIDEO: u8 = 9;
+const SCRIPT: u8 = 18;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlvError {
+    #[error("byte {offset}: not an FLV stream (header {found:02x?})")]
+    NotFlv { offset: u64, found: Vec<u8> },
+    #[error("byte {offset}: FLV header declares {size} header bytes; expected at least 9")]
+    BadHeaderSize { offset: u64, size: u32 },
+    #[error("byte {offset}: tag of unknown type {kind} ({size} bytes)")]
+    UnknownTag { offset: u64, kind: u8, size: usize },
+    #[error("byte {offset}: tag is marked encrypted (filter bit set)")]
+    Encrypted { offset: u64 },
+    #[error("byte {offset}: previous-tag size says {found}, the tag had {expected} bytes")]
+    BadPreviousSize {
+        offset: u64,
+        expected: u32,
+        found: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audio,
+    Video,
+    /// Script data: `onMetaData`.
+    Script,
+}
+
+/// One FLV tag. `timestamp` is in milliseconds (FLV's 32-bit DTS).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub kind: Kind,
+    pub timestamp: u32,
+    pub payload: Bytes,
+}
+
+impl std::fmt::Debug for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}@{}ms {}B{}{}",
+            self.kind,
+            self.timestamp,
+            self.payload.len(),
+            if self.is_keyframe() { " key" } else { "" },
+            if self.is_sequence_header() {
+                " seqhdr"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl Tag {
+    /// A video frame that starts a GOP (frame type 1). Sequence headers and the end of
+    /// sequence carry the flag too, and are not keyframes.
+    pub fn is_keyframe(&self) -> bool {
+        let p = &self.payload;
+        self.kind == Kind::Video
+            && p.first().is_some_and(|b| b >> 4 == 1)
+            // AVC/HEVC: a NALU packet, not the configuration or the end of sequence.
+            && (!matches!(p[0] & 0x0F, 7 | 12) || p.get(1) == Some(&1))
+    }
+
+    /// Codec configuration: AVC (codec 7) or HEVC (12) packet type 0, or AAC (format 10)
+    /// packet type 0. Destinations need it before any frame.
+    pub fn is_sequence_header(&self) -> bool {
+        let p = &self.payload;
+        match self.kind {
+            Kind::Video => p.len() >= 2 && matches!(p[0] & 0x0F, 7 | 12) && p[1] == 0,
+            Kind::Audio => p.len() >= 2 && p[0] >> 4 == 10 && p[1] == 0,
+            Kind::Script => false,
+        }
+    }
+
+    /// An AVC end-of-sequence tag (packet type 2): ends the destination's stream.
+    pub fn is_end_of_sequence(&self) -> bool {
+        let p = &self.payload;
+        self.kind == Kind::Video && p.len() >= 2 && matches!(p[0] & 0x0F, 7 | 12) && p[1] == 2
+    }
+
+    /// Bytes this tag takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        TAG_HEADER_LEN + self.payload.len() + PREVIOUS_SIZE_LEN
+    }
+
+    /// Appends the tag as FLV (header, payload, previous-tag size) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let size = self.payload.len();
+        debug_assert!(size <= MAX_PAYLOAD);
+        out.reserve(self.wire_len());
+        out.put_u8(match self.kind {
+            Kind::Audio => AUDIO,
+            Kind::Video => VIDEO,
+            Kind::Script => SCRIPT,
+        });
+        out.put_uint(size as u64, 3);
+        out.put_uint(u64::from(self.timestamp & 0xFF_FFFF), 3);
+        out.put_u8((self.timestamp >> 24) as u8);
+        out.put_uint(0, 3); // stream id
+        out.extend_from_slice(&self.payload);
+        out.put_u32((TAG_HEADER_LEN + size) as u32);
+    }
+}
+
+/// Reads tags from bytes as they arrive: [`Parser::push`] what was read, then take tags with
+/// [`Parser::next_tag`] until it returns `Ok(None)` (more bytes needed).
+#[derive(Default)]
+pub struct Parser {
+    buf: BytesMut,
+    /// Stream offset of `buf[0]`.
+    offset: u64,
+    header_done: bool,
+}
+
+impl Parser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received and not yet consumed as tags.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Stream offset of the next byte to parse.
+    #[cfg(test)]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn consume(&mut self, n: usize) -> BytesMut {
+        self.offset += n as u64;
+        self.buf.split_to(n)
+    }
+
+    pub fn next_tag(&mut self) -> Result<Option<Tag>, FlvError> {
+        if !self.header_done {
+            if self.buf.len() < 9 {
+                if !FILE_HEADER[..self.buf.len().min(3)].eq(&self.buf[..self.buf.len().min(3)]) {
+                    return Err(self.not_flv());
+                }
+                return Ok(None);
+            }
+            if &self.buf[..3] != b"FLV" {
+                return Err(self.not_flv());
+            }
+            let size = u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]);
+            if size < 9 {
+                return Err(FlvError::BadHeaderSize {
+                    offset: self.offset + 5,
+                    size,
+                });
+            }
+            let skip = size as usize + PREVIOUS_SIZE_LEN;
+            if self.buf.len() < skip {
+                return Ok(None);
+            }
+            self.consume(skip);
+            self.header_done = true;
+        }
+        if self.buf.len() < TAG_HEADER_LEN {
+            return Ok(None);
+        }
+        let start = self.offset;
+        let head = &self.buf[..TAG_HEADER_LEN];
+        let filter = head[0] & 0x20 != 0;
+        let kind_byte = head[0] & 0x1F;
+        let size =
+            (usize::from(head[1]) << 16) | (usize::from(head[2]) << 8) | usize::from(head[3]);
+        let timestamp = (u32::from(head[7]) << 24)
+            | (u32::from(head[4]) << 16)
+            | (u32::from(head[5]) << 8)
+            | u32::from(head[6]);
+        let kind = match kind_byte {
+            AUDIO => Kind::Audio,
+            VIDEO => Kind::Video,
+            SCRIPT => Kind::Script,
+            other => {
+                return Err(FlvError::UnknownTag {
+                    offset: start,
+                    kind: other,
+                    size,
+                })
+            }
+        };
+        if filter {
+            return Err(FlvError::Encrypted { offset: start });
+        }
+        let total = TAG_HEADER_LEN + size + PREVIOUS_SIZE_LEN;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let mut tag = self.consume(total);
+        tag.advance(TAG_HEADER_LEN);
+        let payload = tag.split_to(size).freeze();
+        let previous = tag.get_u32();
+        if previous != (TAG_HEADER_LEN + size) as u32 {
+            return Err(FlvError::BadPreviousSize {
+                offset: start + (TAG_HEADER_LEN + size) as u64,
+                expected: (TAG_HEADER_LEN + size) as u32,
+                found: previous,
+            });
+        }
+        Ok(Some(Tag {
+            kind,
+            timestamp,
+            payload,
+        }))
+    }
+
+    fn not_flv(&self) -> FlvError {
+        FlvError::NotFlv {
+            offset: self.offset,
+            found: self.buf[..self.buf.len().min(3)].to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(ts: u32, key: bool, seq: bool) -> Tag {
+        let first = if key { 0x17 } else { 0x27 };
+        Tag {
+            kind: Kind::Video,
+            timestamp: ts,
+            payload: Bytes::from(vec![first, u8::from(!seq), 0, 0, 0, 0xAB]),
+        }
+    }
+
+    fn stream(tags: &[Tag]) -> Vec<u8> {
+        let mut out = FILE_HEADER.to_vec();
+        for t in tags {
+            t.write_to(&mut out);
+        }
+        out
+    }
+
+    fn parse_all(bytes: &[u8], chunk: usize) -> Result<Vec<Tag>, FlvError> {
+        let mut p = Parser::new();
+        let mut tags = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            p.push(piece);
+            while let Some(t) = p.next_tag()? {
+                tags.push(t);
+            }
+        }
+        assert_eq!(p.buffered(), 0, "bytes left over");
+        Ok(tags)
+    }
+
+    #[test]
+    fn round_trips_in_any_chunking() {
+        let tags = vec![
+            Tag {
+                kind: Kind::Script,
+                timestamp: 0,
+                payload: Bytes::from_static(b"\x02\x00\x0aonMetaData"),
+            },
+            video(0, true, true),
+            Tag {
+                kind: Kind::Audio,
+                timestamp: 0,
+                payload: Bytes::from_static(&[0xAF, 0, 0x11, 0x90]),
+            },
+            video(0, true, false),
+            // Above 24 bits: the extended timestamp byte.
+            video(0x0123_4567, false, false),
+        ];
+        let bytes = stream(&tags);
+        for chunk in [1, 2, 7, 11, 4096] {
+            assert_eq!(parse_all(&bytes, chunk).unwrap(), tags, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn classifies_tags() {
+        assert!(video(0, true, true).is_sequence_header());
+        assert!(!video(0, true, true).is_keyframe());
+        assert!(video(0, true, false).is_keyframe());
+        assert!(!video(0, false, false).is_keyframe());
+        let aac_config = Tag {
+            kind: Kind::Audio,
+            timestamp: 0,
+            payload: Bytes::from_static(&[0xAF, 0, 0x11, 0x90]),
+        };
+        assert!(aac_config.is_sequence_header());
+        let aac_frame = Tag {
+            payload: Bytes::from_static(&[0xAF, 1, 0x21]),
+            ..aac_config
+        };
+        assert!(!aac_frame.is_sequence_header());
+        let eos = Tag {
+            payload: Bytes::from_static(&[0x17, 2, 0, 0, 0]),
+            ..video(5, true, false)
+        };
+        assert!(eos.is_end_of_sequence() && !eos.is_keyframe());
+    }
+
+    #[test]
+    fn bad_input_names_the_byte_offset() {
+        assert_eq!(
+            parse_all(b"RIFF....", 8).unwrap_err(),
+            FlvError::NotFlv {
+                offset: 0,
+                found: b"RIF".to_vec()
+            }
+        );
+        // A tag of type 7 right after the header (offset 13).
+        let mut bytes = FILE_HEADER.to_vec();
+        bytes.extend_from_slice(&[7, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0, 0, 0, 12]);
+        assert_eq!(
+            parse_all(&bytes, 3).unwrap_err(),
+            FlvError::UnknownTag {
+                offset: 13,
+                kind: 7,
+                size: 1
+            }
+        );
+        // A wrong previous-tag size after the second tag.
+        let mut bytes = stream(&[video(0, true, true), video(1, true, false)]);
+        let len = bytes.len();
+        bytes[len - 1] ^= 0xFF;
+        let err = parse_all(&bytes, 5).unwrap_err();
+        assert!(
+            matches!(err, FlvError::BadPreviousSize { offset, .. } if offset == len as u64 - 4),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with(&format!("byte {}:", len - 4)));
+        // Encrypted tags are refused, not relayed.
+        let mut bytes = stream(&[video(0, true, false)]);
+        bytes[13] |= 0x20;
+        assert_eq!(
+            parse_all(&bytes, 64).unwrap_err(),
+            FlvError::Encrypted { offset: 13 }
+        );
+    }
+
+    #[test]
+    fn truncated_input_waits_for_more() {
+        let bytes = stream(&[video(0, true, false)]);
+        let mut p = Parser::new();
+        p.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(p.next_tag(), Ok(None));
+        p.push(&bytes[bytes.len() - 1..]);
+        assert!(p.next_tag().unwrap().unwrap().is_keyframe());
+        assert_eq!(p.offset(), bytes.len() as u64);
+    }
+
+    /// 2.5 s of 160x90 H.264 (B-frames, a keyframe a second) + stereo AAC, as ffmpeg 5.1
+    /// writes FLV to a pipe (tests/fixtures/README.md says how it was made).
+    const FFMPEG_OUTPUT: &[u8] = include_bytes!("../../tests/fixtures/small-h264-aac.flv");
+
+    #[test]
+    fn reads_what_ffmpeg_writes() {
+        let tags = parse_all(FFMPEG_OUTPUT, 1500).unwrap();
+        let count = |f: &dyn Fn(&Tag) -> bool| tags.iter().filter(|t| f(t)).count();
+        assert_eq!(count(&|t| t.kind == Kind::Script), 1, "onMetaData");
+        assert_eq!(
+            count(&|t| t.is_sequence_header()),
+            2,
+            "AVC and AAC configuration"
+        );
+        let frame = |t: &Tag| t.kind == Kind::Video && !t.is_sequence_header();
+        assert_eq!(count(&|t| frame(t) && !t.is_end_of_sequence()), 75);
+        // Written without -flvflags no_sequence_end: the muxer's trailer ends the sequence.
+        assert!(tags.last().unwrap().is_end_of_sequence());
+        assert_eq!(
+            count(&|t| t.kind == Kind::Audio && !t.is_sequence_header()),
+            109
+        );
+        let keys: Vec<u32> = tags
+            .iter()
+            .filter(|t| t.is_keyframe())
+            .map(|t| t.timestamp)
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(
+            keys.windows(2).all(|w| (w[1] - w[0]).abs_diff(1000) <= 40),
+            "{keys:?}"
+        );
+        // Written back, the tags are the same bytes.
+        assert_eq!(stream(&tags), FFMPEG_OUTPUT);
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        // A fixed pseudo-random walk over mutated streams: every outcome is Ok or an Err.
+        let good = stream(&[
+            video(0, true, true),
+            video(40, true, false),
+            video(80, false, false),
+        ]);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..2000 {
+            let mut bytes = good.clone();
+            for _ in 0..3 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize) % bytes.len();
+                bytes[at] = (seed >> 32) as u8;
+            }
+            let _ = parse_all_lenient(&bytes);
+        }
+    }
+
+    fn parse_all_lenient(bytes: &[u8]) -> Result<Vec<Tag>, FlvError> {
+        let mut p = Parser::new();
+        p.push(bytes);
+        let mut tags = Vec::new();
+        while let Some(t) = p.next_tag()? {
+            tags.push(t);
+        }
+        Ok(tags)
+    }
+}

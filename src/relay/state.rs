@@ -1,0 +1,398 @@
+//! The relay's live state, per destination: kept current in memory, and published as the
+//! unit's `STATUS=` line (what `systemctl status` shows) and as a JSON file in the relay's
+//! runtime directory for `neustream status` and the metrics exporter. Neither holds a URL or
+//! a key: a destination is its index and platform.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+/// Version of the state file's layout; readers refuse other versions.
+pub const STATE_VERSION: u32 = 1;
+/// File name in the relay's runtime directory.
+pub const STATE_FILE: &str = "state.json";
+/// Bitrates are averaged over at least this long.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Waiting for the source's first picture.
+    Waiting,
+    /// ffmpeg started; the server has not accepted the publish yet.
+    Connecting,
+    Live,
+    /// Failed; the next attempt is scheduled.
+    Retrying,
+    Stopped,
+}
+
+/// Why a destination's last session ended (journal, `STATUS=`, state file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Connection accepted, publish refused or closed at once: typically a wrong key.
+    Refused,
+    /// No TCP connection (refused, timed out, no route, name not resolved).
+    Unreachable,
+    /// The server's TLS certificate was not accepted: the key was not sent.
+    Certificate,
+    /// The TLS handshake failed otherwise.
+    Tls,
+    /// The connection dropped after streaming.
+    Dropped,
+    /// No publish within the connect timeout.
+    Timeout,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Refused => "refused",
+            ErrorClass::Unreachable => "unreachable",
+            ErrorClass::Certificate => "certificate",
+            ErrorClass::Tls => "tls",
+            ErrorClass::Dropped => "dropped",
+            ErrorClass::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationState {
+    pub index: usize,
+    pub platform: String,
+    pub state: Phase,
+    /// Unix time of the last change of `state`.
+    pub since: u64,
+    /// FLV bytes handed to this destination's ffmpeg, all sessions.
+    pub bytes: u64,
+    /// Over the last few seconds, bits per second.
+    pub bitrate: u64,
+    /// Connection attempts (ffmpeg sessions) started.
+    pub attempts: u32,
+    /// Failed sessions since the last healthy one.
+    pub failures: u32,
+    pub last_error: Option<ErrorClass>,
+    /// Unix time of the next attempt, while retrying.
+    pub retry_at: Option<u64>,
+    /// Times its queue overflowed (it did not keep up and skipped to a keyframe).
+    pub queue_overflows: u64,
+    #[serde(skip)]
+    rate_mark: Option<(Instant, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourcePhase {
+    Starting,
+    Live,
+    Ended,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceState {
+    pub state: SourcePhase,
+    pub since: u64,
+    /// MediaMTX's id of the publisher being read.
+    pub publisher: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Snapshot<'a> {
+    version: u32,
+    stream: &'a str,
+    pid: u32,
+    started: u64,
+    updated: u64,
+    source: &'a SourceState,
+    destinations: &'a [DestinationState],
+}
+
+struct Inner {
+    source: SourceState,
+    destinations: Vec<DestinationState>,
+}
+
+pub struct Board {
+    key: String,
+    started: u64,
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Board {
+    pub fn new(key: &str, publisher: &str, platforms: &[&str]) -> Self {
+        let now = unix_now();
+        Board {
+            key: key.to_owned(),
+            started: now,
+            inner: Mutex::new(Inner {
+                source: SourceState {
+                    state: SourcePhase::Starting,
+                    since: now,
+                    publisher: publisher.to_owned(),
+                },
+                destinations: platforms
+                    .iter()
+                    .enumerate()
+                    .map(|(index, p)| DestinationState {
+                        index,
+                        platform: (*p).to_owned(),
+                        state: Phase::Waiting,
+                        since: now,
+                        bytes: 0,
+                        bitrate: 0,
+                        attempts: 0,
+                        failures: 0,
+                        last_error: None,
+                        retry_at: None,
+                        queue_overflows: 0,
+                        rate_mark: None,
+                    })
+                    .collect(),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut DestinationState)) {
+        let mut inner = self.inner.lock().unwrap();
+        let d = &mut inner.destinations[index];
+        let before = (d.state, d.last_error, d.attempts);
+        f(d);
+        if (d.state, d.last_error, d.attempts) != before {
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    fn phase(d: &mut DestinationState, phase: Phase) {
+        if d.state != phase {
+            d.state = phase;
+            d.since = unix_now();
+        }
+    }
+
+    pub fn connecting(&self, index: usize) {
+        self.update(index, |d| {
+            Self::phase(d, Phase::Connecting);
+            d.attempts += 1;
+            d.retry_at = None;
+            d.rate_mark = Some((Instant::now(), d.bytes));
+        });
+    }
+
+    pub fn live(&self, index: usize) {
+        self.update(index, |d| Self::phase(d, Phase::Live));
+    }
+
+    pub fn healthy(&self, index: usize) {
+        self.update(index, |d| {
+            d.failures = 0;
+        });
+    }
+
+    pub fn failed(&self, index: usize, class: ErrorClass, retry_in: Duration) {
+        self.update(index, |d| {
+            Self::phase(d, Phase::Retrying);
+            d.failures += 1;
+            d.last_error = Some(class);
+            d.bitrate = 0;
+            d.retry_at = Some(unix_now() + retry_in.as_secs_f64().ceil() as u64);
+        });
+    }
+
+    pub fn stopped(&self, index: usize) {
+        self.update(index, |d| {
+            Self::phase(d, Phase::Stopped);
+            d.bitrate = 0;
+            d.retry_at = None;
+        });
+    }
+
+    pub fn sent(&self, index: usize, bytes: usize) {
+        self.inner.lock().unwrap().destinations[index].bytes += bytes as u64;
+    }
+
+    pub fn overflowed(&self, index: usize, total: u64) {
+        self.inner.lock().unwrap().destinations[index].queue_overflows = total;
+    }
+
+    pub fn source(&self, phase: SourcePhase) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.source.state != phase {
+            inner.source.state = phase;
+            inner.source.since = unix_now();
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when something worth publishing changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Updates the bitrates, then renders the `STATUS=` line and the state file's JSON.
+    pub fn render(&self) -> (String, String) {
+        let mut inner = self.inner.lock().unwrap();
+        let now = Instant::now();
+        for d in &mut inner.destinations {
+            if let Some((at, bytes)) = d.rate_mark {
+                let elapsed = now.duration_since(at);
+                if elapsed >= RATE_WINDOW {
+                    d.bitrate = ((d.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+                    d.rate_mark = Some((now, d.bytes));
+                }
+            }
+            if d.state != Phase::Live {
+                d.bitrate = 0;
+            }
+        }
+        let status = status_line(&inner.destinations, unix_now());
+        let json = serde_json::to_string_pretty(&Snapshot {
+            version: STATE_VERSION,
+            stream: &self.key,
+            pid: std::process::id(),
+            started: self.started,
+            updated: unix_now(),
+            source: &inner.source,
+            destinations: &inner.destinations,
+        })
+        .expect("the state serialises");
+        (status, json)
+    }
+
+    pub fn destinations(&self) -> Vec<DestinationState> {
+        self.inner.lock().unwrap().destinations.clone()
+    }
+}
+
+/// `3 destinations: 0 youtube live 6.1 Mb/s | 1 twitch retrying in 8 s (refused) | ...`
+pub fn status_line(dests: &[DestinationState], now: u64) -> String {
+    let parts: Vec<String> = dests
+        .iter()
+        .map(|d| {
+            let what = match d.state {
+                Phase::Live => format!("live {:.1} Mb/s", d.bitrate as f64 / 1e6),
+                Phase::Retrying => format!(
+                    "retrying in {} s ({})",
+                    d.retry_at.unwrap_or(now).saturating_sub(now),
+                    d.last_error.map_or("failed", ErrorClass::as_str)
+                ),
+                Phase::Waiting => "waiting for the source".into(),
+                Phase::Connecting => format!("connecting (attempt {})", d.attempts),
+                Phase::Stopped => "stopped".into(),
+            };
+            format!("{} {} {what}", d.index, d.platform)
+        })
+        .collect();
+    let line = format!(
+        "{} destination{}: {}",
+        dests.len(),
+        if dests.len() == 1 { "" } else { "s" },
+        parts.join(" | ")
+    );
+    // One line: systemd's STATUS= ends at a newline.
+    line.replace(['\n', '\r'], " ")
+}
+
+/// Writes `json` to `dir/state.json` atomically (a temporary file renamed over it), readable
+/// by local users: it holds no secret.
+pub fn write_file(dir: &Path, json: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    // The unit's UMask=0077 narrows the mode given at creation.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.write_all(json.as_bytes())?;
+    file.write_all(b"\n")?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_each_destination() {
+        let b = Board::new("k", "conn-1", &["youtube", "twitch", "facebook"]);
+        b.connecting(0);
+        b.live(0);
+        b.connecting(1);
+        b.failed(1, ErrorClass::Refused, Duration::from_secs(8));
+        b.connecting(2);
+        let (status, json) = b.render();
+        assert_eq!(
+            status,
+            "3 destinations: 0 youtube live 0.0 Mb/s | 1 twitch retrying in 8 s (refused) | \
+             2 facebook connecting (attempt 1)"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["stream"], "k");
+        assert_eq!(v["source"]["state"], "starting");
+        assert_eq!(v["destinations"][1]["state"], "retrying");
+        assert_eq!(v["destinations"][1]["last_error"], "refused");
+        assert_eq!(v["destinations"][1]["attempts"], 1);
+        assert_eq!(v["destinations"][0]["last_error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn bitrates_come_from_the_bytes_sent() {
+        let b = Board::new("k", "", &["custom"]);
+        b.connecting(0);
+        b.live(0);
+        {
+            let mut inner = b.inner.lock().unwrap();
+            inner.destinations[0].rate_mark = Some((Instant::now() - Duration::from_secs(4), 0));
+        }
+        b.sent(0, 3_000_000);
+        let (status, _) = b.render();
+        assert_eq!(status, "1 destination: 0 custom live 6.0 Mb/s");
+    }
+
+    #[test]
+    fn the_state_file_is_replaced_whole_and_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("neustream-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write_file(&dir, "{\"a\":1}").unwrap();
+        write_file(&dir, "{\"a\":2}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":2}\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn newlines_never_reach_status() {
+        let mut d = Board::new("k", "", &["x"]).destinations();
+        d[0].platform = "a\nb".into();
+        assert!(!status_line(&d, 0).contains('\n'));
+    }
+}
