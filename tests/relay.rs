@@ -1,14 +1,17 @@
 //! `neustream relay` without systemd: the real binary, real ffmpeg, a real RTMP source and
-//! three real RTMP destination servers (nginx + libnginx-mod-rtmp) on 127.0.0.1.
+//! real RTMP destination servers (nginx + libnginx-mod-rtmp; MediaMTX for RTMPS) on 127.0.0.1.
 
 mod common;
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::arrivals::{self, worst_gap, Watcher};
 use common::media::{probe, Publisher};
 use common::nginx::RtmpServer;
+use common::publish_hooks::PublishHooks;
 
 const KEY: &str = "relaytest01";
 
@@ -16,15 +19,33 @@ fn dest_key(i: usize) -> String {
     format!("SECRET-dest{i}-{}", std::process::id())
 }
 
+/// One destination as the env file describes it: platform, server URL, key.
+type Dest = (&'static str, String, String);
+
+fn nginx_dest(i: usize, server: &RtmpServer) -> Dest {
+    (
+        ["youtube", "twitch", "custom"][i % 3],
+        server.url("live/"),
+        dest_key(i),
+    )
+}
+
 /// `neustream relay KEY` with the stream described in its environment, as systemd would set it.
 struct Relay {
     child: Child,
-    log: std::path::PathBuf,
+    log: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl Relay {
-    fn start(source: &str, dests: &[&RtmpServer], dir: &std::path::Path) -> Relay {
+    fn start(source: &str, dests: &[Dest], dir: &Path) -> Relay {
+        Self::start_with(source, dests, dir, &[])
+    }
+
+    fn start_with(source: &str, dests: &[Dest], dir: &Path, extra: &[(&str, &str)]) -> Relay {
         let log = dir.join("relay.log");
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_neustream"));
         cmd.args(["relay", KEY])
             .env_clear()
@@ -32,22 +53,25 @@ impl Relay {
             .env("NEUSTREAM_STREAM_KEY", KEY)
             .env("NEUSTREAM_SOURCE_URL", source)
             .env("NEUSTREAM_MTX_SOURCE_ID", "conn-1")
+            .env("NEUSTREAM_STATE_DIR", &state_dir)
             .env("NEUSTREAM_DESTINATIONS", dests.len().to_string());
-        for (i, d) in dests.iter().enumerate() {
-            cmd.env(
-                format!("NEUSTREAM_DEST_{i}_PLATFORM"),
-                ["youtube", "twitch", "custom"][i % 3],
-            )
-            .env(format!("NEUSTREAM_DEST_{i}_RTMP_URL"), d.url("live/"))
-            .env(format!("NEUSTREAM_DEST_{i}_STREAM_KEY"), dest_key(i));
+        for (i, (platform, url, key)) in dests.iter().enumerate() {
+            cmd.env(format!("NEUSTREAM_DEST_{i}_PLATFORM"), platform)
+                .env(format!("NEUSTREAM_DEST_{i}_RTMP_URL"), url)
+                .env(format!("NEUSTREAM_DEST_{i}_STREAM_KEY"), key);
         }
+        cmd.envs(extra.iter().copied());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Relay { child, log }
+        Relay {
+            child,
+            log,
+            state_dir,
+        }
     }
 
     fn log(&self) -> String {
@@ -59,10 +83,38 @@ impl Relay {
         text
     }
 
-    fn ffmpeg_pid(&self) -> Option<i32> {
-        let log = self.log();
-        let at = log.find("ffmpeg started (pid ")?;
-        log[at + 20..].split(')').next()?.parse().ok()
+    /// The ffmpeg processes the relay runs (its children).
+    fn ffmpegs(&self) -> Vec<i32> {
+        children(self.child.id() as i32)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "ffmpeg")
+            })
+            .collect()
+    }
+
+    /// The ffmpeg of the destination whose stdin... identified by its option file: the
+    /// command line ends with the destination's public URL.
+    fn ffmpeg_of(&self, url_end: &str) -> Option<i32> {
+        self.ffmpegs().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .trim_end_matches('\0')
+                        .ends_with(url_end)
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state_dir.join("state.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn state_text(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("state.json")).unwrap_or_default()
     }
 
     /// SIGTERM, as systemd stops it; returns its exit status.
@@ -77,9 +129,28 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        let pids = self.ffmpegs();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in pids {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -100,24 +171,34 @@ fn recorded(server: &RtmpServer, i: usize) -> f64 {
     probe(&server.recording(&dest_key(i))).map_or(0.0, |r| r.video_span)
 }
 
+fn assert_no_keys(text: &str, keys: &[String], what: &str) {
+    for k in keys {
+        assert!(
+            !text.contains(k.as_str()),
+            "a destination key leaked into {what}:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
     let dir = common::scratch("relay-fanout");
     let source = RtmpServer::start(&dir.join("source"));
     let _publisher = Publisher::start(&source.url("live/src"));
-    let dests: Vec<RtmpServer> = (0..3)
+    let servers: Vec<RtmpServer> = (0..3)
         .map(|i| RtmpServer::start(&dir.join(format!("d{i}"))))
         .collect();
-    let mut relay = Relay::start(
-        &source.url("live/src"),
-        &dests.iter().collect::<Vec<_>>(),
-        &dir,
-    );
+    let dests: Vec<Dest> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| nginx_dest(i, s))
+        .collect();
+    let mut relay = Relay::start(&source.url("live/src"), &dests, &dir);
 
     // Every destination gets video within a few seconds of the relay starting.
     let started = Instant::now();
     let first = common::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
-        (0..3).all(|i| recorded(&dests[i], i) > 0.5).then_some(())
+        (0..3).all(|i| recorded(&servers[i], i) > 0.5).then_some(())
     });
     assert!(
         first.is_some(),
@@ -127,11 +208,11 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
     eprintln!("all destinations receiving after {:?}", started.elapsed());
 
     // Real time: over 10 s of wall clock each destination gains ~10 s of media.
-    let before: Vec<f64> = (0..3).map(|i| recorded(&dests[i], i)).collect();
+    let before: Vec<f64> = (0..3).map(|i| recorded(&servers[i], i)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
     let wall = t0.elapsed().as_secs_f64();
-    for (i, server) in dests.iter().enumerate() {
+    for (i, server) in servers.iter().enumerate() {
         let got = probe(&server.recording(&dest_key(i))).unwrap();
         let rate = (got.video_span - before[i]) / wall;
         assert!(
@@ -152,27 +233,56 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
             "destination {i}: gap {:.2}s",
             got.worst_video_gap
         );
+        let pts = &got.video_pts;
+        assert!(
+            pts.windows(2).all(|w| w[1] + 0.2 >= w[0]),
+            "destination {i}: timestamps go backwards"
+        );
     }
 
-    // Stop as systemd does: the relay exits 0 and leaves no ffmpeg behind.
-    let pid = relay.ffmpeg_pid().expect("relay logs its ffmpeg's pid");
-    assert!(alive(pid));
+    // One source ffmpeg and one per destination; the state file says every one is live.
+    let ffmpegs = relay.ffmpegs();
+    assert_eq!(ffmpegs.len(), 4, "1 source + 3 destinations: {ffmpegs:?}");
+    let state = relay.state();
+    assert_eq!(state["stream"], KEY, "{state}");
+    assert_eq!(state["source"]["state"], "live", "{state}");
+    for i in 0..3 {
+        let d = &state["destinations"][i];
+        assert_eq!(d["state"], "live", "destination {i}: {state}");
+        assert_eq!(d["attempts"], 1, "destination {i}: {state}");
+        assert!(
+            d["bytes"].as_u64().unwrap() > 1_000_000,
+            "destination {i}: {state}"
+        );
+        let bitrate = d["bitrate"].as_u64().unwrap();
+        assert!(
+            (1_000_000..3_000_000).contains(&bitrate),
+            "destination {i}: the clip is ~1.6 Mb/s: {state}"
+        );
+    }
+
+    // Stop as systemd does: the relay exits 0, closes every destination cleanly and leaves
+    // no ffmpeg behind.
     let status = relay.terminate();
     assert!(
         status.success(),
         "relay exit status {status}; log:\n{}",
         relay.log()
     );
-    assert!(!alive(pid), "ffmpeg {pid} outlived the relay");
-
-    // Destination keys appear nowhere in the relay's output, nor on ffmpeg's command line.
+    for pid in ffmpegs {
+        assert!(!alive(pid), "ffmpeg {pid} outlived the relay");
+    }
     let log = relay.log();
-    for i in 0..3 {
+    for (i, (platform, _, _)) in dests.iter().enumerate() {
         assert!(
-            !log.contains(&dest_key(i)),
-            "key {i} leaked into the relay log:\n{log}"
+            log.contains(&format!("destination {i} ({platform}) closed cleanly")),
+            "destination {i} not closed cleanly:\n{log}"
         );
     }
+    // Destination keys appear nowhere in the relay's output, nor in its state.
+    let keys: Vec<String> = (0..3).map(dest_key).collect();
+    assert_no_keys(&log, &keys, "the relay log");
+    assert_no_keys(&relay.state_text(), &keys, "the state file");
     assert!(
         log.contains("<redacted>"),
         "relay names destinations redacted:\n{log}"
@@ -180,72 +290,345 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
 }
 
 #[test]
-fn a_failing_destination_never_interrupts_the_others_and_resumes() {
+fn a_destination_that_restarts_is_back_at_once_and_the_others_never_notice() {
     let dir = common::scratch("relay-isolation");
     let source = RtmpServer::start(&dir.join("source"));
     let _publisher = Publisher::start(&source.url("live/src"));
-    let mut dests: Vec<RtmpServer> = (0..3)
+    let mut servers: Vec<RtmpServer> = (0..3)
         .map(|i| RtmpServer::start(&dir.join(format!("d{i}"))))
         .collect();
-    let relay = Relay::start(
-        &source.url("live/src"),
-        &dests.iter().collect::<Vec<_>>(),
-        &dir,
-    );
-    let ok = common::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
-        (0..3).all(|i| recorded(&dests[i], i) > 1.0).then_some(())
+    let dests: Vec<Dest> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| nginx_dest(i, s))
+        .collect();
+    let relay = Relay::start(&source.url("live/src"), &dests, &dir);
+    // Long enough for the drop to be a drop, not a refusal (output.rs: REFUSED_WITHIN).
+    let ok = common::wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        (0..3).all(|i| recorded(&servers[i], i) > 5.0).then_some(())
     });
     assert!(
         ok.is_some(),
         "destinations not receiving; relay log:\n{}",
         relay.log()
     );
-    let pid = relay.ffmpeg_pid().unwrap();
+    let others: Vec<i32> = (0..2)
+        .map(|i| {
+            relay
+                .ffmpeg_of(&servers[i].url("live"))
+                .expect("a destination's ffmpeg")
+        })
+        .collect();
+    let watcher = Watcher::start(Duration::from_millis(5));
+    for (i, server) in servers.iter().enumerate().take(2) {
+        watcher.watch(&i.to_string(), &server.recording(&dest_key(i)));
+    }
 
     // Destination 2 goes away for 8 s.
-    let port = dests[2].port;
-    dests[2].stop();
-    std::thread::sleep(Duration::from_secs(8));
+    let port = servers[2].port;
+    let down = arrivals::now();
+    servers[2].stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let state = relay.state();
+    assert_eq!(state["destinations"][2]["state"], "retrying", "{state}");
+    std::thread::sleep(Duration::from_millis(7500));
     let back_dir = dir.join("d2-back");
-    let returned = Instant::now();
-    dests[2] = RtmpServer::start_on(&back_dir, port);
-    let resumed = common::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
-        (recorded(&dests[2], 2) > 0.5).then(|| returned.elapsed())
+    watcher.watch(
+        "2",
+        &back_dir.join("rec").join(format!("{}.flv", dest_key(2))),
+    );
+    servers[2] = RtmpServer::start_on(&back_dir, port);
+    // start_on returns once the port accepts connections (polled every 50 ms).
+    let accepting = arrivals::now();
+    let key = common::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        watcher.first_key("2")
     });
+    let Some(key) = key else {
+        panic!(
+            "destination 2 got no keyframe within 10 s; log:\n{}",
+            relay.log()
+        );
+    };
+    let recovery = key - accepting;
+    eprintln!("destination 2: first keyframe {recovery:.3} s after it accepted connections");
     assert!(
-        resumed.is_some(),
-        "destination 2 did not resume within 10 s; log:\n{}",
+        recovery < 0.5,
+        "destination 2 took {recovery:.3} s to get a keyframe (GOP cache); log:\n{}",
         relay.log()
     );
-    eprintln!(
-        "destination 2 resumed {:?} after it came back",
-        resumed.unwrap()
-    );
+    std::thread::sleep(Duration::from_secs(2));
 
-    // The others never stopped receiving: no gap over 0.5 s in their recordings.
-    for (i, server) in dests.iter().enumerate().take(2) {
-        let got = probe(&server.recording(&dest_key(i))).unwrap();
+    // The others never stopped receiving, through the same ffmpegs.
+    let end = arrivals::now();
+    for (i, ffmpeg) in others.iter().enumerate() {
+        let gap = worst_gap(&watcher.frames(&i.to_string()), down, end);
         assert!(
-            got.worst_video_gap < 0.5,
-            "destination {i}: gap {:.2}s during the outage",
-            got.worst_video_gap
+            gap < 0.5,
+            "destination {i}: gap {gap:.2}s during the outage"
         );
-        assert!(
-            got.video_span > 10.0,
-            "destination {i}: only {:.1}s recorded",
-            got.video_span
-        );
+        assert!(alive(*ffmpeg), "destination {i}'s ffmpeg was restarted");
     }
-    // The same ffmpeg throughout: the failure was handled inside it, not by a restart.
-    assert!(alive(pid), "ffmpeg was restarted");
+    let state = relay.state();
+    assert_eq!(state["destinations"][2]["state"], "live", "{state}");
+    assert_eq!(
+        state["destinations"][2]["last_error"], "unreachable",
+        "{state}"
+    );
+    assert_eq!(state["destinations"][0]["attempts"], 1, "{state}");
     let log = relay.log();
     assert!(
-        log.contains("destination 2 (custom)"),
-        "failures are tied to destination 2:\n{log}"
+        log.contains("destination 2 (custom) dropped the connection"),
+        "the drop is tied to destination 2:\n{log}"
     );
-    for i in 0..3 {
-        assert!(!log.contains(&dest_key(i)), "key {i} leaked:\n{log}");
+    assert!(
+        log.contains("destination 2 (custom) accepts connections again"),
+        "{log}"
+    );
+    assert_no_keys(
+        &log,
+        &(0..3).map(dest_key).collect::<Vec<_>>(),
+        "the relay log",
+    );
+}
+
+#[test]
+fn a_refusing_destination_is_retried_with_backoff_while_the_others_stream() {
+    let dir = common::scratch("relay-refused");
+    let source = RtmpServer::start(&dir.join("source"));
+    let _publisher = Publisher::start(&source.url("live/src"));
+    let hooks = PublishHooks::start();
+    hooks.refuse(true);
+    let good = RtmpServer::start(&dir.join("d0"));
+    let refusing =
+        RtmpServer::start_notifying(&dir.join("d1"), common::free_port(), Some(&hooks.url));
+    let dests = vec![nginx_dest(0, &good), nginx_dest(1, &refusing)];
+    let relay = Relay::start(&source.url("live/src"), &dests, &dir);
+    let watcher = Watcher::start(Duration::from_millis(10));
+    watcher.watch("0", &good.recording(&dest_key(0)));
+
+    let first = common::wait_for(Duration::from_secs(15), Duration::from_millis(50), || {
+        hooks.calls("publish", &dest_key(1)).first().map(|c| c.at)
+    })
+    .expect("the refusing destination was never tried");
+    let from = arrivals::now();
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(first.elapsed()));
+    let to = arrivals::now();
+    let calls = hooks.calls("publish", &dest_key(1));
+    let within: Vec<f64> = calls
+        .iter()
+        .filter(|c| c.at.duration_since(first) <= Duration::from_secs(60))
+        .map(|c| c.at.duration_since(first).as_secs_f64())
+        .collect();
+    eprintln!("publish attempts at the refusing destination (s after the first): {within:.1?}");
+    assert!(within.len() >= 5, "too few attempts: {within:?}");
+    assert!(
+        within.len() <= 8,
+        "more than 8 attempts in 60 s: {within:?}"
+    );
+    assert!(within[1] <= 2.0, "first retry after {:.2} s", within[1]);
+    for w in within.windows(2).skip(1) {
+        assert!(w[1] - w[0] >= 0.4, "retries too close: {within:?}");
     }
+    // The other destination streamed throughout.
+    let gap = worst_gap(&watcher.frames("0"), from, to);
+    assert!(gap < 0.5, "destination 0: gap {gap:.2}s");
+    let state = relay.state();
+    let d1 = &state["destinations"][1];
+    assert_eq!(d1["last_error"], "refused", "{state}");
+    assert!(
+        d1["state"] == "retrying" || d1["state"] == "connecting",
+        "{state}"
+    );
+    assert_eq!(state["destinations"][0]["state"], "live", "{state}");
+    let log = relay.log();
+    assert!(
+        log.contains("destination 1 (twitch) refused the publish"),
+        "{log}"
+    );
+    assert_no_keys(&log, &[dest_key(0), dest_key(1)], "the relay log");
+
+    // The streamer fixes the key: at the next attempt it is accepted.
+    hooks.refuse(false);
+    let live = common::wait_for(Duration::from_secs(35), Duration::from_millis(200), || {
+        (relay.state()["destinations"][1]["state"] == "live").then_some(())
+    });
+    assert!(
+        live.is_some(),
+        "destination 1 never went live: {}",
+        relay.state()
+    );
+}
+
+#[test]
+fn a_slow_destination_never_stalls_the_others() {
+    let dir = common::scratch("relay-slow");
+    let source = RtmpServer::start(&dir.join("source"));
+    let _publisher = Publisher::start(&source.url("live/src"));
+    let servers: Vec<RtmpServer> = (0..3)
+        .map(|i| RtmpServer::start(&dir.join(format!("d{i}"))))
+        .collect();
+    // Destination 1 takes 20 kB/s of a ~200 kB/s stream.
+    let slow = common::slow_link::SlowLink::start(servers[1].port, 20_000);
+    let mut dests: Vec<Dest> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| nginx_dest(i, s))
+        .collect();
+    dests[1].1 = format!("rtmp://127.0.0.1:{}/live/", slow.port);
+    let relay = Relay::start(&source.url("live/src"), &dests, &dir);
+    let watcher = Watcher::start(Duration::from_millis(10));
+    for i in [0, 2] {
+        watcher.watch(&i.to_string(), &servers[i].recording(&dest_key(i)));
+    }
+    let ok = common::wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        watcher.first_key("0").and(watcher.first_key("2"))
+    });
+    assert!(ok.is_some(), "no video; log:\n{}", relay.log());
+    let from = arrivals::now();
+    let dropped = common::wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        relay
+            .log()
+            .contains("destination 1 is not keeping up")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let to = arrivals::now();
+    assert!(
+        dropped.is_some(),
+        "the slow destination's queue never overflowed; log:\n{}",
+        relay.log()
+    );
+    for i in [0, 2] {
+        let frames = watcher.frames(&i.to_string());
+        let gap = worst_gap(&frames, from, to);
+        assert!(
+            gap < 0.5,
+            "destination {i}: gap {gap:.2}s while destination 1 was slow"
+        );
+        let count = frames
+            .iter()
+            .filter(|f| f.wall >= from && f.wall <= to)
+            .count() as f64;
+        let fps = count / (to - from);
+        assert!(fps > 28.0, "destination {i}: {fps:.1} frames/s");
+    }
+    let state = relay.state();
+    assert!(
+        state["destinations"][1]["queue_overflows"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{state}"
+    );
+}
+
+#[test]
+fn rtmps_destinations_are_verified_and_keys_never_reach_an_unverified_server() {
+    let dir = common::scratch("relay-tls");
+    let certs = common::rtmps::make_certs(&dir.join("certs"));
+    let source = RtmpServer::start(&dir.join("source"));
+    let _publisher = Publisher::start(&source.url("live/src"));
+    use common::rtmps::RtmpsServer;
+    let self_signed = RtmpsServer::start(&dir.join("self"), &certs.self_signed);
+    let good = RtmpsServer::start(&dir.join("good"), &certs.good);
+    let wrong_name = RtmpsServer::start(&dir.join("wrong"), &certs.wrong_name);
+    let servers = [&self_signed, &good, &wrong_name];
+    let dests: Vec<Dest> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                "facebook",
+                format!("rtmps://127.0.0.1:{}/live", s.port),
+                dest_key(i),
+            )
+        })
+        .collect();
+    let ca = certs.ca.to_str().unwrap();
+    let mut relay = Relay::start_with(
+        &source.url("live/src"),
+        &dests,
+        &dir,
+        &[("NEUSTREAM_CA_FILE", ca)],
+    );
+    let path = |i: usize| format!("live/{}", dest_key(i));
+    let received = common::wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        good.saw_publish(&path(1)).then_some(())
+    });
+    assert!(
+        received.is_some(),
+        "the verified server got nothing; log:\n{}\n{}",
+        relay.log(),
+        good.log()
+    );
+    // Both refused servers have had several attempts by now.
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, server) in [(0, &self_signed), (2, &wrong_name)] {
+        assert!(
+            !server.saw_publish(&path(i)),
+            "server {i} is not verifiable but saw the publish:\n{}",
+            server.log()
+        );
+        assert!(
+            !server.log().contains(&dest_key(i)),
+            "server {i} saw the key:\n{}",
+            server.log()
+        );
+    }
+    let state = relay.state();
+    assert_eq!(
+        state["destinations"][0]["last_error"], "certificate",
+        "{state}"
+    );
+    assert_eq!(
+        state["destinations"][2]["last_error"], "certificate",
+        "{state}"
+    );
+    assert_eq!(state["destinations"][1]["state"], "live", "{state}");
+    let log = relay.log();
+    for i in [0, 2] {
+        assert!(
+            log.contains(&format!(
+                "destination {i} (facebook) presented a TLS certificate"
+            )),
+            "{log}"
+        );
+    }
+    assert!(relay.terminate().success());
+
+    // Without NEUSTREAM_CA_FILE, the system's CA store does not know the test CA either.
+    let dir2 = dir.join("default-ca");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let mut relay = Relay::start(&source.url("live/src"), &dests[1..2], &dir2);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        relay.state()["destinations"][0]["last_error"],
+        "certificate",
+        "{}",
+        relay.state()
+    );
+    assert!(relay.terminate().success());
+
+    // Verification off, explicitly: the self-signed server gets the stream, and the relay
+    // warns at start.
+    let dir3 = dir.join("verify-off");
+    std::fs::create_dir_all(&dir3).unwrap();
+    let mut relay = Relay::start_with(
+        &source.url("live/src"),
+        &dests[0..1],
+        &dir3,
+        &[("NEUSTREAM_TLS_VERIFY", "false")],
+    );
+    let received = common::wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        self_signed.saw_publish(&path(0)).then_some(())
+    });
+    assert!(received.is_some(), "{}", relay.log());
+    assert!(
+        relay.log().contains("NEUSTREAM_TLS_VERIFY=false: the TLS certificates of rtmps:// destinations are NOT verified"),
+        "{}",
+        relay.log()
+    );
+    assert!(relay.terminate().success());
 }
 
 #[test]

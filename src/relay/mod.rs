@@ -162,6 +162,9 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
 }
 
 fn publish_once(shared: &Shared, dir: Option<&std::path::Path>) {
+    for (index, queue) in shared.queues.iter().enumerate() {
+        shared.board.overflowed(index, queue.overflows());
+    }
     let (status, json) = shared.board.render();
     notify::status(&status);
     if let Some(dir) = dir {

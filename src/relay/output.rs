@@ -21,7 +21,7 @@ use crate::destination::Destination;
 
 /// A session that ends this soon after the server accepted the publish was refused (servers
 /// that check a key after `publish` close the connection at once).
-const REFUSED_WITHIN: Duration = Duration::from_secs(5);
+const REFUSED_WITHIN: Duration = Duration::from_secs(3);
 /// No publish within this long: the attempt fails (a server that accepts TCP and never
 /// answers RTMP).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -280,6 +280,5 @@ async fn write_queue(queue: &Queue, mut stdin: ChildStdin, shared: &Shared, inde
             return; // ffmpeg exited: its exit status tells why
         }
         shared.board.sent(index, buf.len());
-        shared.board.overflowed(index, queue.overflows());
     }
 }

@@ -106,11 +106,11 @@ impl Machine {
             "set -e; mount --make-rprivate /; mount --bind / {root}; \
              exec timeout --kill-after=10 {MAX_LIFETIME} systemd-nspawn -q -D {root} \
              --volatile=overlay -b --register=no --keep-unit --link-journal=no -M {name} \
-             --bind-ro={project} \
+             --bind-ro={project}:{project}:norbind \
              --bind-ro={units}:/run/systemd/system \
              --bind-ro={binary}:/usr/local/bin/neustream \
              --bind-ro={rules}:/etc/polkit-1/rules.d/50-neustream.rules \
-             --bind={dir} \
+             --bind={dir}:{dir}:norbind \
              -- systemd.unit=neustream-test.target",
             root = root.display(),
             project = PROJECT,

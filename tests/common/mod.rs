@@ -8,6 +8,9 @@ pub mod machine;
 pub mod media;
 pub mod mediamtx;
 pub mod nginx;
+pub mod publish_hooks;
+pub mod rtmps;
+pub mod slow_link;
 pub mod stack;
 
 use std::net::TcpListener;

@@ -21,6 +21,13 @@ impl RtmpServer {
 
     /// On a given port (to bring a server back where a relay expects it).
     pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self::start_notifying(dir, port, None)
+    }
+
+    /// With nginx-rtmp's `on_publish` and `on_publish_done` notifications sent to
+    /// `notify` (`<notify>/publish`, `<notify>/publish_done`): a publish is refused unless
+    /// the answer is 2xx (see [`super::publish_hooks::PublishHooks`]).
+    pub fn start_notifying(dir: &Path, port: u16, notify: Option<&str>) -> Self {
         super::require_tool("nginx", "nginx-light libnginx-mod-rtmp");
         assert!(
             Path::new(MODULE).exists(),
@@ -44,10 +51,14 @@ impl RtmpServer {
                  events {{ worker_connections 1024; }}\n\
                  rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
                    application live {{ live on; record all; record_path {rec};\n\
-                     record_unique off; record_append on; }}\n\
+                     record_unique off; record_append on; {hooks} }}\n\
                  }} }}\n",
                 dir = dir.display(),
-                rec = rec.display()
+                rec = rec.display(),
+                hooks = notify.map_or(String::new(), |url| format!(
+                    "on_publish {url}/publish; on_publish_done {url}/publish_done; \
+                     notify_method get;"
+                )),
             ),
         )
         .unwrap();
