@@ -46,8 +46,9 @@ let
   # Settings the relay reads (from its unit's environment, not from the settings file).
   relayVariables = [
     "NEUSTREAM_LOG_LEVEL"
-    "NEUSTREAM_RETRY_WAIT"
     "NEUSTREAM_STOP_TIMEOUT"
+    "NEUSTREAM_TLS_VERIFY"
+    "NEUSTREAM_CA_FILE"
   ];
 
   # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.

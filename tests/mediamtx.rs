@@ -422,10 +422,11 @@ fn reconnect(label: &str, drop_old: impl FnOnce(&mut Feed)) {
         Some(new_id.as_str()),
         "{log}"
     );
+    // The relay's: one source ffmpeg and one per destination (three), no other.
     assert_eq!(
         s.ingest.machine.processes("ffmpeg").len(),
-        1,
-        "one ffmpeg in the machine"
+        4,
+        "one relay's ffmpegs in the machine"
     );
     // The Control Plane is left with an active stream: no stream-end after the last auth.
     let sessions = s.sessions(key);

@@ -48,8 +48,12 @@ fn machine_boots_with_the_relay_template_loaded() {
     assert_eq!(props["LoadState"], "loaded");
     assert_eq!(props["Slice"], "neustream.slice");
     assert_eq!(props["CPUQuotaPerSecUSec"], "500ms");
-    assert_eq!(props["MemoryMax"], (256u64 << 20).to_string());
-    assert_eq!(props["TasksMax"], "128");
+    let file = unit_file("neustream-relay@.service");
+    assert_eq!(
+        props["MemoryMax"],
+        size_bytes(&file["MemoryMax"]).to_string()
+    );
+    assert_eq!(props["TasksMax"], file["TasksMax"]);
     let id = m.ok(&["id", "mediamtx"]);
     assert!(id.contains("mediamtx"), "{id}");
     let dir = m.ok(&["stat", "-c", "%a %U", "/run/neustream/streams"]);
@@ -326,12 +330,12 @@ fn systemd_owns_the_relay_restarts_limits_and_cgroup() {
     );
     assert_eq!(slice("TasksMax"), format!("t {}", slice_file["TasksMax"]));
 
-    // Every ffmpeg is in the unit's cgroup.
+    // Every ffmpeg is in the unit's cgroup: the source's and one per destination.
     let old_ffmpegs = assert_ffmpeg_in_cgroup(&s, key);
     assert_eq!(
         old_ffmpegs.len(),
-        1,
-        "one ffmpeg per stream: {old_ffmpegs:?}"
+        1 + dests.len(),
+        "one source ffmpeg and one per destination: {old_ffmpegs:?}"
     );
 
     // kill -9 of the main process: systemd restarts the relay, destinations receive again.
@@ -361,12 +365,13 @@ fn systemd_owns_the_relay_restarts_limits_and_cgroup() {
         .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", s.relay_log(key)));
     eprintln!("destinations receiving again {back:?} after the restart");
     let new_ffmpegs = assert_ffmpeg_in_cgroup(&s, key);
-    assert_eq!(new_ffmpegs.len(), 1, "{new_ffmpegs:?}");
-    assert!(
-        !new_ffmpegs.contains(&old_ffmpegs[0]),
-        "the old ffmpeg {} survived its relay",
-        old_ffmpegs[0]
-    );
+    assert_eq!(new_ffmpegs.len(), 1 + dests.len(), "{new_ffmpegs:?}");
+    for old in &old_ffmpegs {
+        assert!(
+            !new_ffmpegs.contains(old),
+            "the old ffmpeg {old} survived its relay"
+        );
+    }
     s.assert_secrets_kept(&keys(&dests));
 }
 
@@ -608,9 +613,39 @@ fn a_failing_destination_never_interrupts_the_others_and_resumes() {
     let main = s.relay(key, &["MainPID"])["MainPID"].clone();
     let ffmpeg = pids_in_machine(&s.machine, "ffmpeg");
 
+    // What `systemctl status` shows any local user: every destination's state.
+    let status = |m: &Machine| {
+        // Any local user (Debian's nobody has no group of its name: daemon has).
+        let out = m.run_env(
+            Some("daemon"),
+            &[],
+            &["systemctl", "status", "--no-pager", &stack::unit(key)],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = common::wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
+        let text = status(&s.machine);
+        text.contains("Status: \"3 destinations: 0 youtube live")
+            .then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no live status: {}", status(&s.machine)));
+    for (i, platform) in PLATFORMS.iter().enumerate() {
+        assert!(shown.contains(&format!("{i} {platform} live")), "{shown}");
+    }
+
     // Destination 2 refuses for 8 s (its server is gone), then comes back on the same port.
     let port = servers[2].port;
     servers[2].stop();
+    let retrying = common::wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
+        let text = status(&s.machine);
+        text.contains(&format!("2 {} retrying in", PLATFORMS[2]))
+            .then_some(text)
+    });
+    assert!(
+        retrying.is_some(),
+        "systemctl status does not show destination 2 retrying: {}",
+        status(&s.machine)
+    );
     std::thread::sleep(Duration::from_secs(8));
     servers[2] = RtmpServer::start_on(&s.dir.join("d2-back"), port);
     let returned = Instant::now();
@@ -644,11 +679,20 @@ fn a_failing_destination_never_interrupts_the_others_and_resumes() {
             got.video_span
         );
     }
-    // Handled inside the relay: no restart, the same processes.
+    // Handled inside the relay: no restart; only destination 2's ffmpeg is a new one.
     let p = s.relay(key, &["NRestarts", "MainPID", "ActiveState"]);
     assert_eq!(p["NRestarts"], "0", "{p:?}");
     assert_eq!(p["MainPID"], main, "{p:?}");
-    assert_eq!(pids_in_machine(&s.machine, "ffmpeg"), ffmpeg);
+    let now = pids_in_machine(&s.machine, "ffmpeg");
+    assert_eq!(now.len(), ffmpeg.len(), "{ffmpeg:?} -> {now:?}");
+    let kept = ffmpeg.iter().filter(|p| now.contains(p)).count();
+    assert_eq!(kept, ffmpeg.len() - 1, "{ffmpeg:?} -> {now:?}");
+    let back_live = common::wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
+        status(&s.machine)
+            .contains(&format!("2 {} live", PLATFORMS[2]))
+            .then_some(())
+    });
+    assert!(back_live.is_some(), "{}", status(&s.machine));
     // The journal says which destination failed, without its key.
     let failures = s.machine.journal(&[
         "-u",
@@ -691,7 +735,8 @@ fn least_privilege_polkit_users_and_sandbox() {
             ),
             (
                 format!("{SPY}.d/spy.conf"),
-                format!("[Service]\nExecStart=\nExecStart=/bin/sh -c '{SPY_SCRIPT}'\n"),
+                // Type=exec: the spy is not a relay and sends no READY=1.
+                format!("[Service]\nType=exec\nExecStart=\nExecStart=/bin/sh -c '{SPY_SCRIPT}'\n"),
             ),
         ],
         ..Options::default()
@@ -1120,7 +1165,8 @@ fn twenty_streams_at_once() {
         all.len()
     );
     assert_eq!(not("NRestarts", "0"), Vec::<String>::new());
-    assert_eq!(pids_in_machine(&s.machine, "ffmpeg").len(), STREAMS);
+    // Per stream: the source's ffmpeg and one per destination (two).
+    assert_eq!(pids_in_machine(&s.machine, "ffmpeg").len(), STREAMS * 3);
 
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -1188,6 +1234,8 @@ fn env_file_round_trips_through_systemd_environment_file() {
         .map(|(p, u, k)| (p.as_str(), u.as_str(), k.as_str()))
         .collect();
     s.cp.add_stream(key, &refs);
+    // A live source: the relay is ready (Type=notify) once it reads it.
+    let _publisher = s.publish(key);
     s.ready_ok(key, &stack::source_id(1));
 
     s.machine

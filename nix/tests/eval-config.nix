@@ -6,7 +6,7 @@
 # expect: EnvironmentFile=/run/secrets/neustream.env
 # expect: RuntimeDirectory=neustream/streams
 # expect: CPUQuota=75%
-# expect: Environment="NEUSTREAM_RETRY_WAIT=2s"
+# expect: Environment="NEUSTREAM_CA_FILE=/etc/neustream/ca.pem"
 # expect: CONTROL_PLANE_URL=https://api.neustream.app
 # expect: subject.user !== "mediamtx"
 # expect: firewall: tcp=[1935]
@@ -22,7 +22,7 @@
     settings = {
       NEUSTREAM_LOG_LEVEL = "debug";
       NEUSTREAM_STREAM_END_TIMEOUT = "60s";
-      NEUSTREAM_RETRY_WAIT = "2s";
+      NEUSTREAM_CA_FILE = "/etc/neustream/ca.pem";
     };
   };
 }
