@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
+use crate::config::{parse_duration, parse_grace, DEFAULT_SETTINGS_FILE};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +51,9 @@ pub enum Command {
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
     /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
+    /// ExecReload=+ of neustream-relay@.service (as root): hand the stream's env file to its
+    /// running relay (a new publisher, changed destinations) over the relay's control socket.
+    RelayReload(RelayReloadArgs),
     /// Print shell completions for neustream to standard output.
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -64,7 +67,7 @@ impl Command {
     /// SYSLOG_IDENTIFIER of the journal lines this subcommand writes.
     pub fn log_identifier(&self) -> &'static str {
         match self {
-            Command::Relay(_) => "neustream-relay",
+            Command::Relay(_) | Command::RelayReload(_) => "neustream-relay",
             _ => "neustream",
         }
     }
@@ -148,10 +151,32 @@ pub struct HookSettings {
           value_parser = parse_duration)]
     pub stream_end_timeout: Duration,
 
+    /// How long a stream's destinations stay connected (last picture, silence) after its
+    /// publisher is gone, for it to come back (OBS reconnecting): no stream end is reported
+    /// then, and no destination reconnects. 0 turns it off.
+    #[arg(long, env = "NEUSTREAM_RECONNECT_GRACE", default_value = "30s", value_parser = parse_grace)]
+    pub reconnect_grace: Duration,
+
     /// Time allowed for systemd to start or stop a relay unit; above the unit's TimeoutStopSec=10
     /// so that a stop that ends in SIGKILL still reports its result.
     #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayReloadArgs {
+    /// Stream key (the unit's instance name, unescaped: %I).
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Directory of the per-stream env files.
+    #[arg(
+        long,
+        env = "NEUSTREAM_RUNTIME_DIR",
+        default_value = "/run/neustream/streams",
+        value_name = "DIR"
+    )]
+    pub runtime_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -189,8 +214,14 @@ pub struct RelayArgs {
     )]
     pub ca_file: PathBuf,
 
-    /// Directory of the relay's state file (state.json); default: the unit's runtime
-    /// directory ($RUNTIME_DIRECTORY).
+    /// How long destinations stay connected (last picture, silence) after the publisher is
+    /// gone, for it to come back; 0: the relay ends with its source. Written into the stream's
+    /// env file by `ready` from its own setting, so hooks and relay agree.
+    #[arg(long, env = "NEUSTREAM_RECONNECT_GRACE", default_value = "30s", value_parser = parse_grace)]
+    pub reconnect_grace: Duration,
+
+    /// Directory of the relay's state file (state.json) and control socket; default: the
+    /// unit's runtime directory ($RUNTIME_DIRECTORY).
     #[arg(long, env = "NEUSTREAM_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

@@ -86,6 +86,7 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         source_id: hook.source_id.clone(),
         source_type: hook.source_type.clone(),
         destinations,
+        grace: Some(s.reconnect_grace),
     };
     let contents = spec.render()?;
 
@@ -96,6 +97,24 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         systemd.stop_and_wait(&hook.unit, s.unit_timeout).await?;
         info!(stream_key = %key, "{key}: no destinations; nothing to relay");
         return Ok(());
+    }
+    // A relay that runs (in its grace, or still reading the publisher this one replaces)
+    // takes the new description without restarting: no destination reconnects.
+    if systemd.active_state(&hook.unit).await? == "active" {
+        match systemd.reload_and_wait(&hook.unit, s.unit_timeout).await {
+            Ok(()) => {
+                info!(
+                    stream_key = %key,
+                    "{key}: {} switched to publisher {} ({} destination(s); env file {})",
+                    hook.unit,
+                    hook.source_id,
+                    spec.destinations.len(),
+                    path.display()
+                );
+                return Ok(());
+            }
+            Err(e) => warn!(stream_key = %key, "{key}: {e}; restarting the relay instead"),
+        }
     }
     systemd.reset_failed(&hook.unit).await?;
     systemd.restart_and_wait(&hook.unit, s.unit_timeout).await?;
