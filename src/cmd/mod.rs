@@ -3,6 +3,7 @@
 mod hook;
 mod ready;
 mod relay;
+mod streams;
 mod unpublish;
 
 use clap::CommandFactory;
@@ -23,6 +24,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ready(args) => ready::run(args),
         Command::Unpublish(args) => unpublish::run(args),
         Command::Relay(args) => relay::run(args),
+        Command::Streams(command) => streams::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

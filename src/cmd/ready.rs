@@ -46,14 +46,14 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
     // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
     // reports its end before our authentication, or then finds us the owner and reports nothing.
     let lock = hook.dir.lock(key)?;
-    if let Err(e) = hook.control_plane.authenticate(key, s.auth_timeout).await {
+    if let Err(e) = hook.authority.authenticate(key, s.auth_timeout).await {
         if let Err(e) = hook.dir.unlock(key, lock) {
             warn!(stream_key = %key, "{key}: {e}");
         }
         return Err(e).context("stream not relayed");
     }
     hook.accepted.store(true, Ordering::SeqCst);
-    info!(stream_key = %key, "{key}: accepted by the Control Plane (publisher {})", hook.source_id);
+    info!(stream_key = %key, "{key}: accepted by {} (publisher {})", hook.authority, hook.source_id);
 
     let result = start_relay(hook).await;
     drop(lock);
@@ -68,10 +68,7 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
 async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
-    let forwarding = hook
-        .control_plane
-        .forwarding(key, s.forwarding_timeout)
-        .await?;
+    let forwarding = hook.authority.forwarding(key, s.forwarding_timeout).await?;
     if let Some(name) = &forwarding.source_name {
         info!(stream_key = %key, "{key}: source '{}'", hook::printable(name));
     }
