@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane_double;
+pub mod file_server;
 pub mod machine;
 pub mod media;
 pub mod mediamtx;
