@@ -207,21 +207,24 @@ refusing to unpack it; nothing was installed"
   mv "$STAGE/release/unpacked/mediamtx" "$STAGE/mediamtx"
 }
 
-mediamtx_from=""
+# A MediaMTX that install.sh installed earlier is upgraded to MEDIAMTX_VERSION; one installed
+# by someone else is left alone.
+existing_version=""
+[[ -x $BIN_DIR/mediamtx ]] && existing_version=$("$BIN_DIR/mediamtx" --version 2>/dev/null || echo '?')
+ours=0
+[[ -f $MANIFEST ]] && grep -qxF "$BIN_DIR/mediamtx" "$MANIFEST" && ours=1
 if [[ -n $mediamtx ]]; then
   log "MediaMTX: $mediamtx"
   cp -- "$mediamtx" "$STAGE/mediamtx"
-  mediamtx_from="given"
-elif [[ -x $BIN_DIR/mediamtx ]]; then
-  log "MediaMTX: keeping $BIN_DIR/mediamtx ($("$BIN_DIR/mediamtx" --version 2>/dev/null || echo '?'))"
+elif [[ -n $existing_version ]] && { (( ! ours )) || [[ $existing_version == "$MEDIAMTX_VERSION" ]]; }; then
+  log "MediaMTX: keeping $BIN_DIR/mediamtx ($existing_version)"
 elif download_mediamtx; then
-  mediamtx_from="release"
+  :
 elif go=$(command -v go || ls /usr/local/go/bin/go 2>/dev/null); then
   log "MediaMTX: the release could not be downloaded; building $MEDIAMTX_VERSION with $go"
   built=$(GO=$go NEUSTREAM_TEST_CACHE=/var/cache/neustream "$SRC/tests/support/build-mediamtx.sh" \
             "$MEDIAMTX_VERSION" | tail -n 1)
   cp -- "$built" "$STAGE/mediamtx"
-  mediamtx_from="source"
 else
   die "MediaMTX $MEDIAMTX_VERSION could not be downloaded from $MEDIAMTX_BASE_URL and go is not \
 installed to build it; pass --mediamtx PATH (a MediaMTX >= 1.19.3 binary); nothing was installed"

@@ -197,13 +197,23 @@ mod tests {
         assert!(err.contains("or remove CONTROL_PLANE_URL"), "{err}");
     }
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("neustream-authority-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        path
+    /// A 0640 file in a directory of its own, removed on drop.
+    struct TempFile(PathBuf);
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("neustream-authority-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("streams.toml");
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            TempFile(path)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -216,13 +226,13 @@ mod tests {
 
     #[test]
     fn the_streams_file_answers_like_the_control_plane() {
-        let path = temp_file(
-            "answers.toml",
+        let file = TempFile::new(
+            "answers",
             "[[stream]]\nkey = \"cam\"\nname = \"Cam\"\n[[stream.destination]]\n\
              platform = \"custom\"\nrtmp_url = \"rtmp://h/app\"\nstream_key = \"s\"\n\
              [[stream]]\nkey = \"quiet\"\n",
         );
-        let auth = Authority::StreamsFile(path.clone());
+        let auth = Authority::StreamsFile(file.0.clone());
         let t = Duration::from_secs(1);
         let cam = StreamKey::parse("cam").unwrap();
         block_on(auth.authenticate(&cam, t)).unwrap();
@@ -247,14 +257,14 @@ mod tests {
         );
         assert_eq!(
             auth.to_string(),
-            format!("the streams file {}", path.display())
+            format!("the streams file {}", file.0.display())
         );
     }
 
     #[test]
     fn edits_apply_to_the_next_publish_and_a_broken_file_refuses_everyone() {
-        let path = temp_file("edits.toml", "[[stream]]\nkey = \"a\"\n");
-        let auth = Authority::StreamsFile(path.clone());
+        let file = TempFile::new("edits", "[[stream]]\nkey = \"a\"\n");
+        let auth = Authority::StreamsFile(file.0.clone());
         let t = Duration::from_secs(1);
         let (a, b) = (
             StreamKey::parse("a").unwrap(),
@@ -262,9 +272,13 @@ mod tests {
         );
         block_on(auth.authenticate(&a, t)).unwrap();
         assert!(block_on(auth.authenticate(&b, t)).is_err());
-        std::fs::write(&path, "[[stream]]\nkey = \"a\"\n[[stream]]\nkey = \"b\"\n").unwrap();
+        std::fs::write(
+            &file.0,
+            "[[stream]]\nkey = \"a\"\n[[stream]]\nkey = \"b\"\n",
+        )
+        .unwrap();
         block_on(auth.authenticate(&b, t)).unwrap();
-        std::fs::write(&path, "[[stream]]\nkey = \"a\"\n[[stream]\nkey = \"b\"\n").unwrap();
+        std::fs::write(&file.0, "[[stream]]\nkey = \"a\"\n[[stream]\nkey = \"b\"\n").unwrap();
         for k in [&a, &b] {
             let err = block_on(auth.authenticate(k, t)).unwrap_err().to_string();
             assert!(err.contains("line 3"), "{err}");
