@@ -351,25 +351,20 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Replaces every double-quoted part of a parser message by "…": serde quotes the values it
-/// could not use, and a value may be a destination's key.
+/// could not use, and a value may be a destination's key. A lone quote (the parser naming the
+/// character it expected) is kept.
 fn redact_quoted(message: &str) -> String {
     let mut out = String::new();
-    let mut inside = false;
-    for c in message.chars() {
-        if c == '"' {
-            if inside {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
-        }
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        let Some(len) = rest[open + 1..].find('"') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str("\"…\"");
+        rest = &rest[open + 1 + len + 1..];
     }
-    if inside {
-        out.push_str("…\"");
-    }
+    out.push_str(rest);
     out
 }
 
@@ -606,7 +601,11 @@ key_sha256 = "5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8"
             redact_quoted(r#"invalid type: string "s3cret", expected a sequence"#),
             r#"invalid type: string "…", expected a sequence"#
         );
-        assert_eq!(redact_quoted(r#"open "quote"#), r#"open "…""#);
+        assert_eq!(redact_quoted(r#"a "b" c "d" e"#), r#"a "…" c "…" e"#);
+        assert_eq!(
+            redact_quoted(r#"invalid basic string, expected `"`"#),
+            r#"invalid basic string, expected `"`"#
+        );
         assert_eq!(redact_quoted("unknown field `x`"), "unknown field `x`");
     }
 

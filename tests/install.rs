@@ -380,7 +380,11 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
             && log.contains("disconnected"))
         .then_some(())
     });
-    assert!(refused.is_some(), "{}", host.hook_log());
+    assert!(
+        refused.is_some(),
+        "{}",
+        host.machine.journal(&["-o", "short-monotonic", "-n", "80"])
+    );
     assert!(!host
         .machine
         .wait_state("neustream-relay@notakey99.service", "active", ms(500)));
@@ -396,6 +400,84 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
             .then_some(())
     });
     assert!(ended.is_some(), "{}", host.hook_log());
+
+    // Mistakes refuse every publish, and say what to fix: a malformed file, a file other users
+    // can read, both a Control Plane and a streams file.
+    let good = std::fs::read_to_string(&streams).unwrap();
+    let env_file = "/etc/neustream/neustream.env";
+    let env_before = host.machine.ok(&["cat", env_file]);
+    let install_streams = |text: &str, mode: &str| {
+        std::fs::write(&streams, text).unwrap();
+        let path = streams.to_str().unwrap();
+        host.machine.ok(&[
+            "install",
+            "-m",
+            mode,
+            "-o",
+            "root",
+            "-g",
+            "mediamtx",
+            path,
+            "/etc/neustream/streams.toml",
+        ]);
+    };
+    let mistakes: [(&str, &dyn Fn()); 3] = [
+        ("streams file /etc/neustream/streams.toml, line 3:", &|| {
+            install_streams(
+                &good.replacen("name = \"Install test\"", "name = \"unterminated", 1),
+                "0640",
+            )
+        }),
+        (
+            "streams file /etc/neustream/streams.toml is readable by other users (mode 0644)",
+            &|| install_streams(&good, "0644"),
+        ),
+        (
+            "CONTROL_PLANE_URL is set and the streams file /etc/neustream/streams.toml exists: \
+             remove (or rename) /etc/neustream/streams.toml",
+            &|| {
+                install_streams(&good, "0640");
+                host.machine.ok(&[
+                    "sh",
+                    "-c",
+                    &format!("echo CONTROL_PLANE_URL=https://cp.example >> {env_file}"),
+                ]);
+            },
+        ),
+    ];
+    for (n, (expected, make)) in mistakes.iter().enumerate() {
+        make();
+        let mut refused = Feed::start(
+            &format!("rtmp://127.0.0.1:{}/live/{key}", host.rtmp_port),
+            &dir.join(format!("mistake-{n}.log")),
+        );
+        let kicked = common::wait_for(Duration::from_secs(15), ms(50), || refused.exited());
+        let seen = common::wait_for(Duration::from_secs(10), ms(100), || {
+            host.hook_log().contains(expected).then_some(())
+        });
+        assert!(
+            kicked.is_some() && seen.is_some(),
+            "mistake {n} ({expected}): kicked {kicked:?}\n{}",
+            host.machine.journal(&["-o", "short-monotonic", "-n", "60"])
+        );
+        assert!(
+            !host.machine.wait_state(&unit, "active", ms(300)),
+            "mistake {n} relayed"
+        );
+    }
+    install_streams(&good, "0640");
+    std::fs::write(dir.join("neustream.env"), &env_before).unwrap();
+    host.machine.ok(&[
+        "install",
+        "-m",
+        "0640",
+        "-o",
+        "root",
+        "-g",
+        "mediamtx",
+        dir.join("neustream.env").to_str().unwrap(),
+        env_file,
+    ]);
 
     // ./install.sh again: nothing changes, MediaMTX is not restarted.
     let before = (host.snapshot(), host.main_pid());

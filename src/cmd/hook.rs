@@ -149,18 +149,24 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Waits for SIGINT or SIGTERM (MediaMTX sends SIGINT to runOnReady's process group when the
-/// stream stops while the hook still runs).
-pub async fn interrupted() -> &'static str {
+/// Catches SIGINT and SIGTERM from the moment it is called, and resolves when one arrives
+/// (MediaMTX sends SIGINT to runOnReady's process group when the stream stops while the hook
+/// still runs, and when the hook kicks its publisher). Call it before anything that can make
+/// MediaMTX send one: until then the signal's default action would kill the hook before it
+/// logs why it refused a publish (seen with the streams file, where refusals are immediate).
+pub fn interrupted() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }

@@ -15,15 +15,32 @@ use crate::systemd::Systemd;
 
 pub fn run(args: HookArgs) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
-        if let Err(e) = StreamKey::from_path(&args.path) {
-            let path = hook::printable(&args.path);
-            hook::kick(&args.settings, &args.source_type, &args.source_id, &path).await;
-            return Err(e).with_context(|| format!("refusing stream path '{path}'"));
-        }
-        let hook = Hook::new(args)?;
+        let interrupted = hook::interrupted();
+        let key = match StreamKey::from_path(&args.path) {
+            Ok(key) => key,
+            Err(e) => {
+                let path = hook::printable(&args.path);
+                hook::kick(&args.settings, &args.source_type, &args.source_id, &path).await;
+                return Err(e).with_context(|| format!("refusing stream path '{path}'"));
+            }
+        };
+        // Settings that cannot be used (both a Control Plane and a streams file, a bad URL)
+        // relay nothing: the publisher is dropped as for a refused key.
+        let (settings, source_type, source_id) = (
+            args.settings.clone(),
+            args.source_type.clone(),
+            args.source_id.clone(),
+        );
+        let hook = match Hook::new(args) {
+            Ok(hook) => hook,
+            Err(e) => {
+                hook::kick(&settings, &source_type, &source_id, key.as_str()).await;
+                return Err(e);
+            }
+        };
         let result = tokio::select! {
             result = publish(&hook) => result,
-            signal = hook::interrupted() => {
+            signal = interrupted => {
                 // The stream stopped while we were starting it: undo what was done.
                 warn!(stream_key = %hook.key, "{}: {signal} received; abandoning the publish", hook.key);
                 hook.end_session(hook.accepted()).await?;
