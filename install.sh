@@ -177,30 +177,33 @@ fetch() { # URL FILE
        --retry 2 -o "$2" "$1"
 }
 
-download_mediamtx() { # prints nothing; leaves $STAGE/mediamtx or fails
-  local arch asset
+download_mediamtx() { # leaves $STAGE/mediamtx, or returns 1 if the release cannot be fetched
+  local names
+  # Release asset names for this architecture (the arm64 name changed across releases).
   case $(dpkg --print-architecture) in
-    amd64) arch=linux_amd64 ;;
-    arm64) arch=linux_arm64 ;;
-    armhf) arch=linux_armv7 ;;
+    amd64) names="linux_amd64" ;;
+    arm64) names="linux_arm64 linux_arm64v8" ;;
+    armhf) names="linux_armv7" ;;
     *) die "no MediaMTX release for architecture $(dpkg --print-architecture); pass --mediamtx PATH" ;;
   esac
-  asset=mediamtx_${MEDIAMTX_VERSION}_${arch}.tar.gz
-  log "MediaMTX: downloading $asset and checksums.sha256 from $MEDIAMTX_BASE_URL"
+  log "MediaMTX: downloading $MEDIAMTX_VERSION from $MEDIAMTX_BASE_URL"
   mkdir -p "$STAGE/release"
-  if ! fetch "$MEDIAMTX_BASE_URL/checksums.sha256" "$STAGE/release/checksums.sha256" ||
-     ! fetch "$MEDIAMTX_BASE_URL/$asset" "$STAGE/release/$asset"; then
-    return 1
-  fi
-  local expected actual
-  expected=$(awk -v f="$asset" '$2 == f || $2 == "*"f {print tolower($1)}' "$STAGE/release/checksums.sha256")
+  fetch "$MEDIAMTX_BASE_URL/checksums.sha256" "$STAGE/release/checksums.sha256" || return 1
+  local asset="" expected="" name
+  for name in $names; do
+    asset=mediamtx_${MEDIAMTX_VERSION}_${name}.tar.gz
+    expected=$(awk -v f="$asset" '$2 == f || $2 == "*"f {print tolower($1)}' "$STAGE/release/checksums.sha256")
+    [[ -n $expected ]] && break
+  done
   [[ $expected =~ ^[0-9a-f]{64}$ ]] ||
-    die "checksums.sha256 of MediaMTX $MEDIAMTX_VERSION has no checksum for $asset; nothing was installed"
+    die "checksums.sha256 of MediaMTX $MEDIAMTX_VERSION has no checksum for mediamtx_${MEDIAMTX_VERSION}_{${names// /,}}.tar.gz; nothing was installed"
+  fetch "$MEDIAMTX_BASE_URL/$asset" "$STAGE/release/$asset" || return 1
+  local actual
   actual=$(sha256sum "$STAGE/release/$asset" | awk '{print $1}')
   [[ $actual == "$expected" ]] ||
     die "checksum mismatch for $asset: checksums.sha256 says $expected, the download is $actual; \
 refusing to unpack it; nothing was installed"
-  note "sha256 $actual verified against checksums.sha256"
+  note "$asset: sha256 $actual verified against checksums.sha256"
   mkdir -p "$STAGE/release/unpacked"
   tar -xzf "$STAGE/release/$asset" -C "$STAGE/release/unpacked" mediamtx ||
     die "$asset has no mediamtx binary; nothing was installed"
