@@ -217,6 +217,21 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     );
     assert_eq!(host.present(&everything), Vec::<String>::new(), "{said}");
 
+    // Debian's own cargo (too old): stops at once too, naming the version.
+    let old = host.machine.dir.join("old-rust-home");
+    std::fs::create_dir_all(old.join(".cargo/bin")).unwrap();
+    let fake = old.join(".cargo/bin/cargo");
+    std::fs::write(&fake, "#!/bin/sh\necho 'cargo 1.65.0'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = host.install(&[("HOME", old.to_str().unwrap())], &[]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("is Rust 1.65.0, older than 1.89") && said.contains("rustup"),
+        "{said}"
+    );
+    assert_eq!(host.present(&everything), Vec::<String>::new(), "{said}");
+
     // The release tarball with a checksum that does not match: aborts, installs nothing.
     let dir = host.machine.dir.clone();
     let bad = FileServer::start(release_dir(&dir, &mediamtx, false));
