@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{parse_duration, parse_grace, DEFAULT_SETTINGS_FILE};
+use crate::streams_file::DEFAULT_STREAMS_FILE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,7 +15,9 @@ use crate::config::{parse_duration, parse_grace, DEFAULT_SETTINGS_FILE};
     version,
     about = "Neustream media server: MediaMTX hooks and the systemd-supervised ffmpeg relay",
     long_about = "Neustream media server: authenticates publishers against the Neustream Control \
-Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
+Plane (CONTROL_PLANE_URL) or, without it, against the streams file (NEUSTREAM_STREAMS_FILE, \
+default /etc/neustream/streams.toml), and fans each live stream out to its RTMP(S) \
+destinations.\n\n\
 MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
 before MediaMTX 1.19.3) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
@@ -54,6 +57,10 @@ pub enum Command {
     /// ExecReload=+ of neustream-relay@.service (as root): hand the stream's env file to its
     /// running relay (a new publisher, changed destinations) over the relay's control socket.
     RelayReload(RelayReloadArgs),
+    /// Standalone mode's streams file (stream keys and their destinations, without the Control
+    /// Plane).
+    #[command(subcommand)]
+    Streams(StreamsCommand),
     /// Print shell completions for neustream to standard output.
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -71,6 +78,18 @@ impl Command {
             _ => "neustream",
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StreamsCommand {
+    /// Check a streams file as the hooks would read it (permissions included) and print what
+    /// each key would relay to, keys redacted. Exit status 78 if the file is refused.
+    Check {
+        /// The streams file.
+        #[arg(env = "NEUSTREAM_STREAMS_FILE", value_name = "FILE",
+              default_value = DEFAULT_STREAMS_FILE)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -95,9 +114,17 @@ pub struct HookArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct HookSettings {
-    /// Base URL of the Neustream Control Plane, e.g. https://api.neustream.app.
+    /// Base URL of the Neustream Control Plane, e.g. https://api.neustream.app. Unset: keys
+    /// and destinations come from the streams file (standalone mode).
     #[arg(long, env = "CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: String,
+    pub control_plane_url: Option<String>,
+
+    /// Standalone mode (no CONTROL_PLANE_URL): the TOML file of stream keys and destinations,
+    /// read at every publish [default: /etc/neustream/streams.toml]. It must not be readable by
+    /// other users (install it root:mediamtx 0640). Setting it together with CONTROL_PLANE_URL
+    /// is an error.
+    #[arg(long, env = "NEUSTREAM_STREAMS_FILE", value_name = "FILE")]
+    pub streams_file: Option<PathBuf>,
 
     /// Bearer token sent to the Control Plane, for deployments that put one in front of it.
     #[arg(

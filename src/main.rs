@@ -1,5 +1,6 @@
 //! `neustream`: MediaMTX hooks and the per-stream relay of the Neustream media server.
 
+mod authority;
 mod cli;
 mod cmd;
 mod config;
@@ -11,6 +12,7 @@ mod mediamtx;
 mod relay;
 mod stream_key;
 mod streamdir;
+mod streams_file;
 mod systemd;
 
 use std::process::ExitCode;

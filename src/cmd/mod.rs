@@ -4,6 +4,7 @@ mod hook;
 mod ready;
 mod relay;
 mod relay_reload;
+mod streams;
 mod unpublish;
 
 use clap::CommandFactory;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Unpublish(args) => unpublish::run(args),
         Command::Relay(args) => relay::run(args),
         Command::RelayReload(args) => relay_reload::run(args),
+        Command::Streams(command) => streams::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
