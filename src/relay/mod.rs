@@ -277,7 +277,12 @@ fn apply(
     if spec.destinations.is_empty() {
         return Err("no destinations: stop the relay instead".into());
     }
-    let (kept, added, removed, next) = diff(&shared.hub.outputs(), &spec.destinations);
+    let Diff {
+        kept,
+        added,
+        removed,
+        next,
+    } = diff(&shared.hub.outputs(), &spec.destinations);
     for o in &removed {
         info!(stream_key = %shared.key, destination_index = o.index(),
               "{}: destination {} ({}) removed", shared.key, o.index(), o.dest.platform());
@@ -298,11 +303,17 @@ fn apply(
     ))
 }
 
-/// Matches the running outputs with a new list: (kept, added, removed, the new list in order).
-fn diff(
-    running: &[Arc<Output>],
-    wanted: &[Destination],
-) -> (usize, Vec<Arc<Output>>, Vec<Arc<Output>>, Vec<Arc<Output>>) {
+/// How a new list of destinations compares with the running one.
+struct Diff {
+    kept: usize,
+    added: Vec<Arc<Output>>,
+    removed: Vec<Arc<Output>>,
+    /// The new list, in order: kept and added outputs.
+    next: Vec<Arc<Output>>,
+}
+
+/// Matches the running outputs with a new list, destination by destination.
+fn diff(running: &[Arc<Output>], wanted: &[Destination]) -> Diff {
     let mut left: Vec<Arc<Output>> = running.to_vec();
     let mut next = Vec::with_capacity(wanted.len());
     let mut added = Vec::new();
@@ -320,7 +331,12 @@ fn diff(
             }
         }
     }
-    (kept, added, left, next)
+    Diff {
+        kept,
+        added,
+        removed: left,
+        next,
+    }
 }
 
 async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
@@ -367,7 +383,12 @@ mod tests {
             .enumerate()
             .map(|(i, k)| Output::new(i, d(k)))
             .collect();
-        let (kept, added, removed, next) = diff(&running, &[d("c"), d("a"), d("x")]);
+        let Diff {
+            kept,
+            added,
+            removed,
+            next,
+        } = diff(&running, &[d("c"), d("a"), d("x")]);
         assert_eq!(kept, 2);
         assert!(Arc::ptr_eq(&next[0], &running[2]) && Arc::ptr_eq(&next[1], &running[0]));
         assert_eq!(added.len(), 1);
@@ -375,7 +396,10 @@ mod tests {
         assert_eq!(removed.len(), 1);
         assert!(Arc::ptr_eq(&removed[0], &running[1]));
         // A changed key is a new destination.
-        let (kept, added, removed, _) = diff(&running, &[d("a"), d("b"), d("c2")]);
-        assert_eq!((kept, added.len(), removed.len()), (2, 1, 1));
+        let changed = diff(&running, &[d("a"), d("b"), d("c2")]);
+        assert_eq!(
+            (changed.kept, changed.added.len(), changed.removed.len()),
+            (2, 1, 1)
+        );
     }
 }
