@@ -54,6 +54,9 @@ pub enum Command {
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
     /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
+    /// Fetch the destinations of live streams again and apply what changed to their running
+    /// relays (neustream-refresh.timer; by hand for one KEY).
+    Refresh(RefreshArgs),
     /// ExecReload=+ of neustream-relay@.service (as root): hand the stream's env file to its
     /// running relay (a new publisher, changed destinations) over the relay's control socket.
     RelayReload(RelayReloadArgs),
@@ -188,6 +191,22 @@ pub struct HookSettings {
     /// so that a stop that ends in SIGKILL still reports its result.
     #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    /// One stream key, refreshed now; without it, every live stream whose destinations were
+    /// not checked for NEUSTREAM_REFRESH_INTERVAL.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// How often the timer's run checks a live stream's destinations (e.g. 60s); 0 turns the
+    /// timer's checks off (`refresh KEY` still works).
+    #[arg(long, env = "NEUSTREAM_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_grace)]
+    pub interval: Duration,
+
+    #[command(flatten)]
+    pub settings: HookSettings,
 }
 
 #[derive(Args, Debug)]

@@ -76,6 +76,10 @@ impl StreamDir {
         Ok(StreamDir { dir: dir.into() })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn env_path(&self, key: &StreamKey) -> PathBuf {
         self.dir.join(format!("{key}.env"))
     }

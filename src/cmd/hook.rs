@@ -59,6 +59,88 @@ impl Hook {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// The publisher that owns the stream now, by the env file (`MTX_SOURCE_ID`): `None`
+    /// when there is none (no env file: not relayed, or already ended).
+    pub fn owner(&self) -> anyhow::Result<Option<String>> {
+        Ok(match self.dir.read(&self.key)? {
+            None => None,
+            Some(text) => Some(
+                envfile::parse(&text)
+                    .and_then(|v| StreamSpec::from_vars(&v))
+                    .map(|spec| spec.source_id)
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+
+    fn newer_owner(&self, owner: &str) -> bool {
+        !owner.is_empty() && !self.source_id.is_empty() && owner != self.source_id
+    }
+
+    /// `unpublish`: with a reconnect grace, waits for a new publisher of the same key (OBS
+    /// reconnecting) before it ends the session; the relay keeps the destinations meanwhile.
+    /// A new publisher's `ready` takes the stream over (the env file names it): then nothing
+    /// is stopped and no end is reported. SIGINT/SIGTERM (MediaMTX stopping) ends it at once.
+    pub async fn unpublish(&self) -> anyhow::Result<()> {
+        // From the start: a signal must cut the grace short, never kill the hook unheard.
+        let interrupted = interrupted();
+        let key = &self.key;
+        let grace = self.settings.reconnect_grace;
+        let relayed = match self.owner()? {
+            Some(owner) if self.newer_owner(&owner) => {
+                info!(
+                    stream_key = %key,
+                    "{key}: publisher {} is gone but newer publisher {owner} is live; \
+                     leaving its relay running",
+                    self.source_id
+                );
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if grace.is_zero() || !relayed {
+            return self.end_session(false).await;
+        }
+        info!(
+            stream_key = %key,
+            "{key}: publisher {} is gone; keeping the destinations for {grace:?} for it to \
+             come back",
+            self.source_id
+        );
+        let taken_over = async {
+            loop {
+                tokio::time::sleep(GRACE_POLL).await;
+                match self.owner() {
+                    Ok(Some(owner)) if self.newer_owner(&owner) => return Some(owner),
+                    Ok(None) => return None,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            owner = taken_over => {
+                match owner {
+                    Some(owner) => info!(
+                        stream_key = %key,
+                        "{key}: publisher {owner} took the stream over within the grace"
+                    ),
+                    None => info!(stream_key = %key, "{key}: the stream was ended meanwhile"),
+                }
+                return Ok(());
+            }
+            _ = tokio::time::sleep(grace) => {
+                info!(stream_key = %key, "{key}: no publisher within {grace:?}; ending the stream");
+            }
+            signal = interrupted => {
+                info!(stream_key = %key, "{key}: {signal} received during the grace; ending the stream now");
+            }
+        }
+        // Under the lock, the ownership is checked once more: a publisher may have come in
+        // the last instant.
+        self.end_session(false).await
+    }
+
     /// Ends this publisher's session, unless a newer publisher of the same key owns it now:
     /// stops the relay unit, removes the env file, and reports the end of the stream to the
     /// Control Plane when a session was recorded (or `report_anyway`). Reporting failures are
@@ -140,6 +222,9 @@ pub async fn kick(settings: &HookSettings, source_type: &str, source_id: &str, l
         Err(e) => error!("{label}: failed to disconnect the publisher: {e}"),
     }
 }
+
+/// How often `unpublish` looks for a new publisher during the grace.
+const GRACE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A user-supplied string fit for a log line: control characters replaced, at most 200 chars.
 pub fn printable(text: &str) -> String {

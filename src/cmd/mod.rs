@@ -2,6 +2,7 @@
 
 mod hook;
 mod ready;
+mod refresh;
 mod relay;
 mod relay_reload;
 mod streams;
@@ -26,6 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Unpublish(args) => unpublish::run(args),
         Command::Relay(args) => relay::run(args),
         Command::RelayReload(args) => relay_reload::run(args),
+        Command::Refresh(args) => refresh::run(args),
         Command::Streams(command) => streams::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -144,7 +144,10 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
 
 /// The valid destinations of a forwarding answer, in order; each invalid one is dropped with a
 /// warning that names its index and platform, never its URL or key.
-fn select_destinations(key: &StreamKey, raw: Vec<serde_json::Value>) -> Vec<Destination> {
+pub(super) fn select_destinations(
+    key: &StreamKey,
+    raw: Vec<serde_json::Value>,
+) -> Vec<Destination> {
     let total = raw.len();
     let mut kept = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {

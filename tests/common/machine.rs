@@ -85,7 +85,12 @@ impl Machine {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&units).unwrap();
         if !options.bare {
-            for f in ["neustream-relay@.service", "neustream.slice"] {
+            for f in [
+                "neustream-relay@.service",
+                "neustream.slice",
+                "neustream-refresh.service",
+                "neustream-refresh.timer",
+            ] {
                 std::fs::copy(Path::new(PROJECT).join("systemd").join(f), units.join(f)).unwrap();
             }
         }

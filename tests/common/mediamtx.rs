@@ -130,6 +130,18 @@ impl Ingest {
     /// /usr/local/bin/mediamtx, the adapted mediamtx.yml and a settings file for the hooks that
     /// points them at `control_plane_url`, then starts MediaMTX and waits for its listeners.
     pub fn start(label: &str, version: &str, names: HookNames, control_plane_url: &str) -> Ingest {
+        Self::start_with_grace(label, version, names, control_plane_url, "0")
+    }
+
+    /// With the hooks' NEUSTREAM_RECONNECT_GRACE set to `grace` (`start`: 0, streams end with
+    /// their publisher).
+    pub fn start_with_grace(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        control_plane_url: &str,
+        grace: &str,
+    ) -> Ingest {
         let binary = binary(version);
         let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
         let machine = Machine::boot_with(
@@ -153,7 +165,8 @@ impl Ingest {
             format!(
                 "CONTROL_PLANE_URL={control_plane_url}\n\
                  NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{rtmp_port}\n\
-                 NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n"
+                 NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n\
+                 NEUSTREAM_RECONNECT_GRACE={grace}\n"
             ),
         )
         .unwrap();
