@@ -62,15 +62,12 @@ impl Hook {
     /// The publisher that owns the stream now, by the env file (`MTX_SOURCE_ID`): `None`
     /// when there is none (no env file: not relayed, or already ended).
     pub fn owner(&self) -> anyhow::Result<Option<String>> {
-        Ok(match self.dir.read(&self.key)? {
-            None => None,
-            Some(text) => Some(
-                envfile::parse(&text)
-                    .and_then(|v| StreamSpec::from_vars(&v))
-                    .map(|spec| spec.source_id)
-                    .unwrap_or_default(),
-            ),
-        })
+        Ok(self.dir.read(&self.key)?.map(|text| {
+            envfile::parse(&text)
+                .and_then(|v| StreamSpec::from_vars(&v))
+                .map(|spec| spec.source_id)
+                .unwrap_or_default()
+        }))
     }
 
     fn newer_owner(&self, owner: &str) -> bool {
