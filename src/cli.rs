@@ -48,6 +48,10 @@ pub enum Command {
     /// MediaMTX runOnUnavailable (runOnNotReady): stop the stream's relay unit, remove its env file and report the
     /// end of the stream to the Control Plane.
     Unpublish(HookArgs),
+    /// End every recorded session whose publisher is gone and send every pending stream-end
+    /// (neustream-reconcile.service, run every minute by neustream-reconcile.timer, and by
+    /// mediamtx.service when MediaMTX stops and starts). Idempotent; safe at any time.
+    Reconcile(ReconcileArgs),
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
     /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
@@ -134,6 +138,16 @@ pub struct HookSettings {
     )]
     pub runtime_dir: PathBuf,
 
+    /// Directory of the durable session records (sessions/<key>.json): every session the
+    /// Control Plane accepted and has not yet confirmed ended. Survives reboots.
+    #[arg(
+        long,
+        env = "NEUSTREAM_STATE_DIR",
+        default_value = "/var/lib/neustream",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+
     /// Time allowed for authenticating a key, retries included (e.g. 5s, 1500ms).
     #[arg(long, env = "NEUSTREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -143,7 +157,8 @@ pub struct HookSettings {
           value_parser = parse_duration)]
     pub forwarding_timeout: Duration,
 
-    /// Time allowed for reporting the end of a stream, retries with backoff included.
+    /// Time allowed for reporting the end of a stream, retries with backoff included; a
+    /// stream-end not confirmed by then stays queued for `neustream reconcile`.
     #[arg(long, env = "NEUSTREAM_STREAM_END_TIMEOUT", default_value = "30s",
           value_parser = parse_duration)]
     pub stream_end_timeout: Duration,
@@ -152,6 +167,24 @@ pub struct HookSettings {
     /// so that a stop that ends in SIGKILL still reports its result.
     #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// MediaMTX is not running (its unit's ExecStopPost= and ExecStartPre=): no publisher can
+    /// be live, so every recorded session ends and every relay unit is stopped, without
+    /// asking MediaMTX's API.
+    #[arg(long)]
+    pub mediamtx_stopped: bool,
+
+    /// Longest this run may take; stream-ends still unconfirmed then stay queued for the
+    /// next run. Keeps timer runs from piling up.
+    #[arg(long, env = "NEUSTREAM_RECONCILE_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub settings: HookSettings,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ mod envfile;
 mod ffmpeg;
 mod logging;
 mod mediamtx;
+mod sessions;
 mod stream_key;
 mod streamdir;
 mod systemd;

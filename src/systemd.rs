@@ -115,6 +115,18 @@ impl Systemd {
         self.job_and_wait("start", unit, timeout).await
     }
 
+    /// Relay units systemd has loaded now (`neustream-relay@*.service`, any state), with their
+    /// ActiveState: `ListUnitsByPatterns`, which needs no authorization.
+    pub async fn relay_units(&self) -> Result<Vec<(String, String)>, SystemdError> {
+        let pattern = "neustream-relay@*.service";
+        let units = self
+            .manager
+            .list_units_by_patterns(vec![], vec![pattern.into()])
+            .await
+            .map_err(|e| call_error("list", pattern, e))?;
+        Ok(units.into_iter().map(|u| (u.0, u.3)).collect())
+    }
+
     /// `StopUnit(unit, "replace")` and waits for the job. No such unit is fine.
     pub async fn stop_and_wait(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
         self.job_and_wait("stop", unit, timeout).await

@@ -2,6 +2,7 @@
 
 mod hook;
 mod ready;
+mod reconcile;
 mod relay;
 mod unpublish;
 
@@ -22,6 +23,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ready(args) => ready::run(args),
         Command::Unpublish(args) => unpublish::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Relay(args) => relay::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -5,5 +5,5 @@ use crate::cli::HookArgs;
 
 pub fn run(args: HookArgs) -> anyhow::Result<()> {
     let hook = Hook::new(args)?;
-    super::runtime()?.block_on(hook.end_session(false))
+    super::runtime()?.block_on(hook.end_session(false, "unpublish"))
 }
