@@ -85,7 +85,11 @@ impl Systemd {
     pub async fn connect(timeout: Duration) -> Result<Self, SystemdError> {
         let connect = async {
             let conn = zbus::Connection::system().await?;
-            ManagerProxy::new(&conn).await
+            let manager = ManagerProxy::new(&conn).await?;
+            // Without a subscriber systemd sends no JobRemoved signals. Once per connection:
+            // a second Subscribe fails ("Client is already subscribed").
+            manager.subscribe().await?;
+            Ok::<_, zbus::Error>(manager)
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(manager)) => Ok(Systemd { manager }),
@@ -143,11 +147,6 @@ impl Systemd {
             let mut removed = self
                 .manager
                 .receive_job_removed()
-                .await
-                .map_err(|e| call_error(verb, unit, e))?;
-            // Without a subscriber systemd sends no JobRemoved signals.
-            self.manager
-                .subscribe()
                 .await
                 .map_err(|e| call_error(verb, unit, e))?;
             let job = match verb {
