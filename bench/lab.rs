@@ -122,7 +122,7 @@ impl Lab {
             &format!("b{label}"),
             Options {
                 units: vec![("bench-mediamtx.service".into(), unit)],
-                wants: vec![],
+                ..Options::default()
             },
         );
         let lab = Lab {

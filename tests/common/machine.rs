@@ -32,13 +32,16 @@ pub struct Machine {
     pub pid1: i32,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Options {
     /// Extra unit files or drop-ins (name relative to /run/systemd/system, contents) placed
     /// beside the project's units.
     pub units: Vec<(String, String)>,
     /// Units the test target pulls in at boot.
     pub wants: Vec<String>,
+    /// A host directory bound read-write as the machine's /var/lib/neustream: state that
+    /// outlives the machine, so that a test can boot a second machine over it (a reboot).
+    pub state: Option<PathBuf>,
 }
 
 /// Fails (does not skip) when the harness cannot run here, naming what is missing.
@@ -79,7 +82,12 @@ impl Machine {
         let units = dir.join("units");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&units).unwrap();
-        for f in ["neustream-relay@.service", "neustream.slice"] {
+        for f in [
+            "neustream-relay@.service",
+            "neustream.slice",
+            "neustream-reconcile.service",
+            "neustream-reconcile.timer",
+        ] {
             std::fs::copy(Path::new(PROJECT).join("systemd").join(f), units.join(f)).unwrap();
         }
         let mut wants = vec![
@@ -101,6 +109,11 @@ impl Machine {
             std::fs::write(units.join(unit), text).unwrap();
         }
         let binary = env!("CARGO_BIN_EXE_neustream");
+        let state = options
+            .state
+            .as_ref()
+            .map(|d| format!("--bind={}:/var/lib/neustream", d.display()))
+            .unwrap_or_default();
         let rules = Path::new(PROJECT).join("systemd/neustream.rules");
         let script = format!(
             "set -e; mount --make-rprivate /; mount --bind / {root}; \
@@ -110,7 +123,7 @@ impl Machine {
              --bind-ro={units}:/run/systemd/system \
              --bind-ro={binary}:/usr/local/bin/neustream \
              --bind-ro={rules}:/etc/polkit-1/rules.d/50-neustream.rules \
-             --bind={dir} \
+             --bind={dir} {state} \
              -- systemd.unit=neustream-test.target",
             root = root.display(),
             project = PROJECT,
@@ -284,6 +297,23 @@ impl Machine {
             .into_iter()
             .filter(|p| comm(*p).as_deref() == Some(name))
             .collect()
+    }
+
+    /// Power loss: every process of the machine dies at once (SIGKILL to its PID 1 ends its
+    /// PID namespace), nothing is stopped cleanly; /run and the overlay go with it.
+    pub fn power_off(&mut self) {
+        let Some(mut child) = self.nspawn.take() else {
+            return;
+        };
+        unsafe { libc::kill(self.pid1, libc::SIGKILL) };
+        let done = super::wait_for(Duration::from_secs(15), Duration::from_millis(50), || {
+            child.try_wait().ok().flatten()
+        });
+        if done.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir(&self.root);
     }
 
     pub fn shutdown(&mut self) {

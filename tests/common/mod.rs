@@ -7,6 +7,7 @@ pub mod machine;
 pub mod media;
 pub mod mediamtx;
 pub mod nginx;
+pub mod scene;
 pub mod stack;
 
 use std::net::TcpListener;
