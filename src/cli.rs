@@ -18,7 +18,11 @@ Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
 MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
 before MediaMTX 1.19.3) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
-unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination."
+unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination.\n\n\
+Every session the Control Plane accepted is recorded in /var/lib/neustream/sessions/<key>.json \
+until the Control Plane confirms its end; `neustream reconcile` (neustream-reconcile.timer, and \
+mediamtx.service when MediaMTX stops or starts) ends sessions whose publisher is gone and sends \
+every pending stream-end."
 )]
 pub struct Cli {
     /// Settings file of KEY=VALUE lines, read before the variables below; variables already set
