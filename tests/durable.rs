@@ -320,3 +320,62 @@ fn after_a_power_loss_the_next_boot_reports_the_end_once() {
     again.stop();
     s.wait_relay(key, "inactive", Duration::from_secs(15));
 }
+
+/// A session whose publisher vanished without its unpublish hook (here: a relay and a record
+/// made by hand for a key nobody publishes, beside a live stream): `systemctl start
+/// neustream-reconcile` (as the timer does; user mediamtx, its sandbox, the polkit rule) asks
+/// MediaMTX's API, stops the orphan's relay and reports its end once, and leaves the live stream
+/// alone: no end for a key that is live.
+#[test]
+fn reconcile_ends_a_session_without_publisher_and_leaves_live_ones() {
+    let s = Scene::start("orphan", mtx::VERSION, HookNames::Shipped);
+    let m = &s.ingest.machine;
+    let live = "still_live";
+    let _feed = go_live(&s, live, "a");
+    let ghost = "ghost_key";
+    s.add_stream(ghost);
+    // The live stream's env file and record, renamed: a relay that runs and a session the
+    // Control Plane holds, with no publisher on live/ghost_key.
+    let script = format!(
+        "set -e; cd /run/neustream/streams; cp -p {live}.env {ghost}.env; \
+         sed -i 's/^NEUSTREAM_STREAM_KEY=.*/NEUSTREAM_STREAM_KEY=\"{ghost}\"/' {ghost}.env; \
+         sed 's/\"{live}/\"{ghost}/g' {SESSIONS}/{live}.json > {SESSIONS}/{ghost}.json; \
+         chown mediamtx: {SESSIONS}/{ghost}.json; chmod 600 {SESSIONS}/{ghost}.json; \
+         systemctl start neustream-relay@{ghost}.service"
+    );
+    let out = m.sh(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(relay_state(&s, ghost), "active");
+
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    let p = m.show("neustream-reconcile.service", &["Result", "User"]);
+    assert_eq!(
+        (p["Result"].as_str(), p["User"].as_str()),
+        ("success", "mediamtx")
+    );
+    let log = m.journal(&["-u", "neustream-reconcile.service", "-o", "cat"]);
+    assert_eq!(relay_state(&s, ghost), "inactive", "{log}");
+    assert_eq!(s.cp.confirmed_ends(ghost), 1, "{log}");
+    assert!(
+        log.contains(&format!("{ghost}: session {live}/"))
+            || log.contains(&format!("{ghost}: session {ghost}/")),
+        "{log}"
+    );
+    assert!(log.contains("no publisher left in MediaMTX"), "{log}");
+    assert_eq!(record(&s, ghost), None);
+    assert_eq!(s.ingest.env_file(ghost), None);
+    // The live stream goes on untouched.
+    assert_eq!(relay_state(&s, live), "active");
+    assert_eq!(s.cp.count_for("POST", STREAM_END, live), 0, "{log}");
+    assert!(record(&s, live).is_some());
+    let base = s.frames(live);
+    s.wait_receiving(live, &base, 30);
+    // Run again: idempotent, nothing more is sent.
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    assert_eq!(s.cp.confirmed_ends(ghost), 1);
+    assert_eq!(s.cp.count_for("POST", STREAM_END, live), 0);
+}
