@@ -359,9 +359,8 @@ impl Reconciler {
     }
 
     /// MediaMTX is not running, so no relay has a source: stop every relay unit systemd has
-    /// loaded, also one whose session was ended by its hook already, and one that a restart of
-    /// mediamtx.service would start again (PartOf= propagates restarts: its queued start job
-    /// is replaced by the stop).
+    /// loaded, also one that no record or env file names any more (its ffmpeg would only notice
+    /// the missing source when its input times out).
     async fn stop_every_relay(&self) {
         let Some(systemd) = &self.systemd else { return };
         let units = match systemd.relay_units().await {
