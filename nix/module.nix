@@ -507,9 +507,11 @@ in
     # interval as drop-ins.
     systemd.services.neustream-reconcile = {
       overrideStrategy = "asDropin";
-      serviceConfig.EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [
-        environmentFileString
-      ];
+      serviceConfig = {
+        # The hooks' user: it owns the records and locks; the polkit rule names it.
+        User = mtxUser;
+        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+      };
     };
     systemd.timers.neustream-reconcile = {
       overrideStrategy = "asDropin";
