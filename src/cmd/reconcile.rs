@@ -83,6 +83,8 @@ enum Outcome {
     Pending,
     /// Nothing (left) to do for this key.
     None,
+    /// A hook held the key's lock all along: the next run looks again.
+    Busy,
 }
 
 struct Reconciler {
@@ -140,7 +142,7 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     }
     let mut outcomes: Vec<(StreamKey, Outcome)> = Vec::new();
     for key in keys.into_values() {
-        let outcome = match r.examine(&key, live.as_ref(), args.mediamtx_stopped).await {
+        let outcome = match r.examine(&key, live.as_ref(), args).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 error!(stream_key = %key, "{key}: {e:#}");
@@ -174,11 +176,14 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     }
 
     let count = |o| outcomes.iter().filter(|(_, x)| *x == o).count();
+    let first_pending = count(Outcome::Pending);
     info!(
-        "reconcile: {} live session(s) kept, {} stream end(s) confirmed, {} pending",
+        "reconcile: {} live session(s) kept, {} stream end(s) confirmed, {} pending, {} key(s) \
+         busy",
         count(Outcome::Live),
-        outcomes.len() - count(Outcome::Live) - count(Outcome::None) - pending.len(),
-        pending.len()
+        count(Outcome::Confirmed) + first_pending - pending.len(),
+        pending.len(),
+        count(Outcome::Busy)
     );
     if !pending.is_empty() {
         let list: Vec<String> = pending.iter().map(|k| k.to_string()).collect();
@@ -224,6 +229,24 @@ async fn live_publishers(args: &ReconcileArgs) -> Option<HashMap<String, String>
     }
 }
 
+/// The key's publisher in MediaMTX's answer, compared with the recorded one.
+fn publisher_of(
+    key: &StreamKey,
+    session: &Session,
+    live: Option<&HashMap<String, String>>,
+) -> Publisher {
+    match live {
+        None => Publisher::Unknown,
+        Some(live) => match live.get(key.as_str()) {
+            None => Publisher::Gone,
+            Some(id) if session.source_id.is_empty() || *id == session.source_id => {
+                Publisher::Recorded
+            }
+            Some(id) => Publisher::Newer(id.clone()),
+        },
+    }
+}
+
 impl Reconciler {
     fn left(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
@@ -242,10 +265,11 @@ impl Reconciler {
         &self,
         key: &StreamKey,
         live: Option<&HashMap<String, String>>,
-        mediamtx_stopped: bool,
+        args: &ReconcileArgs,
     ) -> anyhow::Result<Outcome> {
+        let mediamtx_stopped = args.mediamtx_stopped;
         let Some(lock) = self.lock(key).await? else {
-            return Ok(Outcome::Pending);
+            return Ok(Outcome::Busy);
         };
         let env_owner = self.dir.read(key)?.map(|text| {
             envfile::parse(&text)
@@ -265,18 +289,16 @@ impl Reconciler {
                 return Ok(Outcome::None);
             }
         };
-        let publisher = match live {
-            None => Publisher::Unknown,
-            Some(live) => match live.get(key.as_str()) {
-                None => Publisher::Gone,
-                Some(id) if session.source_id.is_empty() || *id == session.source_id => {
-                    Publisher::Recorded
-                }
-                Some(id) => Publisher::Newer(id.clone()),
-            },
-        };
-        let verdict = verdict(session.state, &publisher, mediamtx_stopped);
-        if verdict == Verdict::Keep {
+        let mut publisher = publisher_of(key, &session, live);
+        let mut decision = verdict(session.state, &publisher, mediamtx_stopped);
+        if matches!(decision, Verdict::End(_)) && !mediamtx_stopped {
+            // MediaMTX was asked before this key's lock was taken: a publisher may have come
+            // (and its `ready` been accepted) since. Ask again, under the lock, before ending.
+            let now = live_publishers(args).await;
+            publisher = publisher_of(key, &session, now.as_ref());
+            decision = verdict(session.state, &publisher, mediamtx_stopped);
+        }
+        if decision == Verdict::Keep {
             if let Publisher::Newer(id) = &publisher {
                 info!(
                     stream_key = %key,
@@ -287,12 +309,12 @@ impl Reconciler {
             self.dir.unlock(key, lock)?;
             return Ok(Outcome::Live);
         }
-        if let Verdict::End(reason) = verdict {
+        if let Verdict::End(reason) = decision {
             session.end(reason);
             self.sessions.save(&session)?;
             info!(stream_key = %key, "{key}: session {} ended: {reason}", session.id);
         }
-        if verdict != Verdict::Send || env_owner.is_some() {
+        if decision != Verdict::Send || env_owner.is_some() {
             self.stop_relay(key).await;
         }
         let outcome = self.send(&mut session).await;
