@@ -165,7 +165,7 @@ fn stop_and_restart_of_mediamtx_end_three_streams_once_each() {
         let ended = wait_all_ended(&s, &keys, round + 1, Duration::from_secs(10));
         eprintln!(
             "systemctl {verb} mediamtx with 3 streams: returned after {returned:?}; relays gone, \
-             no ffmpeg, 3 stream-ends confirmed {ended:?} after it was issued"
+             no ffmpeg, 3 stream-ends confirmed {ended:?} after it returned"
         );
         if *verb == "stop" {
             s.ingest.machine.ok(&["systemctl", "start", mtx::UNIT]);
