@@ -379,3 +379,104 @@ fn reconcile_ends_a_session_without_publisher_and_leaves_live_ones() {
     assert_eq!(s.cp.confirmed_ends(ghost), 1);
     assert_eq!(s.cp.count_for("POST", STREAM_END, live), 0);
 }
+
+/// The Control Plane's auth and stream-end (2xx answers only), in order, for `key`.
+fn confirmed_sessions(s: &Scene, key: &str) -> Vec<&'static str> {
+    let form = format!("name={key}");
+    s.cp.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.body == form && (200..300).contains(&r.status))
+        .filter_map(|r| match r.path.as_str() {
+            common::scene::AUTH => Some("auth"),
+            STREAM_END => Some("end"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A stream-end is pending (its stream-end answered 500) when the same key publishes again.
+/// If the Control Plane still cannot take the end, the new publish continues its active
+/// session and the pending end is void: no end is ever sent for the key while it is live
+/// again, even once the Control Plane recovers and the timer runs. If it can, `ready` sends the
+/// pending end first, then authenticates: the old session closes before the new one opens.
+#[test]
+fn a_pending_end_never_closes_a_key_that_is_live_again() {
+    let options = Options {
+        units: vec![(
+            "neustream-reconcile.timer.d/test.conf".into(),
+            "[Timer]\nOnActiveSec=3s\nOnUnitActiveSec=3s\nAccuracySec=100ms\n".into(),
+        )],
+        ..Options::default()
+    };
+    let s = Scene::start_with("relive", mtx::VERSION, HookNames::Shipped, options);
+    let m = &s.ingest.machine;
+    // unpublish gives up after 2 s here (30 s by default): the queue takes over sooner.
+    m.ok(&[
+        "sh",
+        "-c",
+        "echo NEUSTREAM_STREAM_END_TIMEOUT=2s >> /etc/neustream/neustream.env",
+    ]);
+    m.ok(&["systemctl", "start", "neustream-reconcile.timer"]);
+    let key = "relive_key";
+    let failing = || Reply::Text(500, "Internal server error".into());
+    let queued = format!("queued in {SESSIONS}/{key}.json");
+    let wait_queued = |n: usize| {
+        let done = common::wait_for(Duration::from_secs(20), ms(100), || {
+            (s.ingest.log().matches(&queued).count() >= n).then_some(())
+        });
+        assert!(done.is_some(), "no '{queued}' #{n}\n{}", s.ingest.log());
+    };
+
+    // 1. The end cannot be delivered; the key goes live again meanwhile.
+    let mut a = go_live(&s, key, "a");
+    s.cp.script_stream_end(vec![failing()]);
+    a.stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+    wait_queued(1);
+    let mut b = go_live(&s, key, "b");
+    let rec = record(&s, key).unwrap();
+    assert!(rec.contains("\"state\": \"live\""), "{rec}");
+    s.cp.script_stream_end(vec![Reply::Contract]);
+    // The Control Plane takes ends again; the timer runs four times: nothing is sent.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(relay_state(&s, key), "active");
+    assert_eq!(
+        confirmed_sessions(&s, key),
+        ["auth", "auth"],
+        "{}",
+        s.ingest.log()
+    );
+    b.stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    assert_eq!(confirmed_sessions(&s, key), ["auth", "auth", "end"]);
+
+    // 2. The end is pending when the key publishes again and the Control Plane is back: ready
+    // sends it before it authenticates (the timer is stopped, so that only ready can).
+    m.ok(&["systemctl", "stop", "neustream-reconcile.timer"]);
+    let mut c = go_live(&s, key, "c");
+    s.cp.script_stream_end(vec![failing()]);
+    c.stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+    wait_queued(2);
+    s.cp.script_stream_end(vec![Reply::Contract]);
+    let mut d = go_live(&s, key, "d");
+    let log = s.ingest.log();
+    assert!(
+        log.contains(&format!("{key}: pending stream end of session {key}/")),
+        "{log}"
+    );
+    assert_eq!(
+        confirmed_sessions(&s, key),
+        ["auth", "auth", "end", "auth", "end", "auth"],
+        "{log}"
+    );
+    d.stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    assert_eq!(
+        confirmed_sessions(&s, key),
+        ["auth", "auth", "end", "auth", "end", "auth", "end"]
+    );
+    assert_eq!(record(&s, key), None);
+}
