@@ -321,6 +321,46 @@ fn after_a_power_loss_the_next_boot_reports_the_end_once() {
     s.wait_relay(key, "inactive", Duration::from_secs(15));
 }
 
+/// A clean reboot mid-stream (the machine is shut down, so systemd stops MediaMTX, which runs
+/// the unpublish hook and its ExecStopPost=) and a boot over the same /var/lib/neustream:
+/// exactly one stream-end in all, and nothing left for the new boot to report.
+#[test]
+fn a_clean_reboot_reports_the_end_once() {
+    let state = common::scratch("durable-state-reboot");
+    let options = Options {
+        state: Some(state.clone()),
+        ..Options::default()
+    };
+    let mut s = Scene::start_with("reboot1", mtx::VERSION, HookNames::Shipped, options);
+    let key = "reboot_key";
+    let mut feed = go_live(&s, key, "a");
+    let on_host = state.join("sessions").join(format!("{key}.json"));
+    assert!(on_host.exists());
+    let started = Instant::now();
+    s.ingest.machine.shutdown();
+    // Reported while the machine shut down: MediaMTX stops before D-Bus, polkit and the network.
+    assert_eq!(s.cp.confirmed_ends(key), 1);
+    assert!(!on_host.exists());
+    eprintln!(
+        "clean reboot: shut down in {:?}, the end reported before it finished",
+        started.elapsed()
+    );
+    s.ingest.reboot("reboot2");
+    feed.kill();
+    let ended = common::wait_for(Duration::from_secs(15), ms(50), || {
+        (s.cp.confirmed_ends(key) == 1).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "no stream-end
+{}",
+        s.ingest.log()
+    );
+    std::thread::sleep(ms(3000));
+    assert_eq!(s.sessions(key), ["auth", "end"], "{}", s.ingest.log());
+    assert!(!on_host.exists());
+}
+
 /// A session whose publisher vanished without its unpublish hook (here: a relay and a record
 /// made by hand for a key nobody publishes, beside a live stream): `systemctl start
 /// neustream-reconcile` (as the timer does; user mediamtx, its sandbox, the polkit rule) asks

@@ -213,6 +213,17 @@ impl Ingest {
     /// same persistent state directory, MediaMTX installed as before and started as at boot.
     pub fn power_cycle(&mut self, label: &str) {
         self.machine.power_off();
+        self.boot_again(label);
+    }
+
+    /// The host is rebooted: shut down cleanly (systemd stops every unit), then booted as in
+    /// [`Self::power_cycle`].
+    pub fn reboot(&mut self, label: &str) {
+        self.machine.shutdown();
+        self.boot_again(label);
+    }
+
+    fn boot_again(&mut self, label: &str) {
         let (machine, config_path) = install(
             label,
             &self.version,
