@@ -87,7 +87,7 @@ if (( uninstall )); then
   [[ -f $MANIFEST ]] || die "nothing to uninstall: $MANIFEST (written by install.sh) is missing"
   log "stopping MediaMTX and every relay"
   systemctl disable --now mediamtx.service 2>/dev/null || true
-  systemctl disable --now neustream-refresh.timer 2>/dev/null || true
+  systemctl disable --now neustream-refresh.timer neustream-reconcile.timer 2>/dev/null || true
   systemctl stop 'neustream-relay@*.service' 2>/dev/null || true
   log "removing the files install.sh installed"
   while IFS= read -r path; do
@@ -265,7 +265,8 @@ if [[ -f $STAGE/mediamtx ]]; then
   put "$STAGE/mediamtx" "$BIN_DIR/mediamtx" 0755
   record "$BIN_DIR/mediamtx"
 fi
-for unit in neustream-relay@.service neustream.slice neustream-refresh.service neustream-refresh.timer mediamtx.service; do
+for unit in neustream-relay@.service neustream.slice neustream-refresh.service neustream-refresh.timer \
+    neustream-reconcile.service neustream-reconcile.timer mediamtx.service; do
   put "$SRC/systemd/$unit" "$UNIT_DIR/$unit" 0644
   record "$UNIT_DIR/$unit"
 done
@@ -364,7 +365,7 @@ if (( ${#changed[@]} )); then
   systemctl daemon-reload
 fi
 systemctl enable --quiet mediamtx.service
-systemctl enable --quiet --now neustream-refresh.timer
+systemctl enable --quiet --now neustream-refresh.timer neustream-reconcile.timer
 if ! systemctl is-active --quiet mediamtx.service; then
   log "starting mediamtx.service"
   systemctl start mediamtx.service

@@ -46,9 +46,12 @@ rustPlatform.buildRustPackage {
   postInstall =
     ''
       # The units reference the binary as /usr/local/bin/neustream (Debian layout).
-      install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice
-      substituteInPlace $out/lib/systemd/system/neustream-relay@.service \
-        --replace-fail /usr/local/bin/neustream $out/bin/neustream
+      install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice \
+        systemd/neustream-reconcile.service systemd/neustream-reconcile.timer
+      for unit in neustream-relay@.service neustream-reconcile.service; do
+        substituteInPlace $out/lib/systemd/system/$unit \
+          --replace-fail /usr/local/bin/neustream $out/bin/neustream
+      done
       install -Dm444 systemd/neustream.rules $out/share/polkit-1/rules.d/50-neustream.rules
       install -Dm444 systemd/neustream.tmpfiles.conf $out/lib/tmpfiles.d/neustream.conf
       install -Dm444 systemd/neustream.sysusers.conf $out/lib/sysusers.d/neustream.conf

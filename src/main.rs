@@ -10,6 +10,7 @@ mod envfile;
 mod logging;
 mod mediamtx;
 mod relay;
+mod sessions;
 mod stream_key;
 mod streamdir;
 mod streams_file;

@@ -2,6 +2,7 @@
 
 mod hook;
 mod ready;
+mod reconcile;
 mod refresh;
 mod relay;
 mod relay_reload;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ready(args) => ready::run(args),
         Command::Unpublish(args) => unpublish::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Relay(args) => relay::run(args),
         Command::RelayReload(args) => relay_reload::run(args),
         Command::Refresh(args) => refresh::run(args),
