@@ -556,6 +556,20 @@ in
       timerConfig.OnUnitActiveSec = cfg.reconcile.interval;
     };
 
+    # ---- neustream-refresh.service and .timer from the package (changed destinations of live
+    # streams; NEUSTREAM_REFRESH_INTERVAL in settings, 0 off).
+    systemd.services.neustream-refresh = {
+      overrideStrategy = "asDropin";
+      serviceConfig = {
+        User = mtxUser;
+        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+      };
+    };
+    systemd.timers.neustream-refresh = {
+      overrideStrategy = "asDropin";
+      wantedBy = [ "timers.target" ];
+    };
+
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.rtmpPort ];
   };
 
