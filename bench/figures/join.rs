@@ -62,7 +62,7 @@ pub fn run(opts: &Opts) -> String {
     let kf = lab.watcher.keyframes("floor");
     let diffs: Vec<f64> = kf.windows(2).map(|w| w[1] - w[0]).collect();
     let gop = crate::stats::percentile(&diffs, 50.0);
-    progress!("ttff: source keyframes every {gop:.2} s at the destination");
+    progress!("join: source keyframes every {gop:.2} s at the destination");
 
     // The layouts started by a hook; MediaMTX forward and nginx push have no hook to start.
     let layouts: Vec<(Layout, usize)> = Relay::selected(opts)
@@ -93,7 +93,7 @@ pub fn run(opts: &Opts) -> String {
 
     let mut results: Vec<(&str, Vec<Run>, usize)> = vec![];
     for (layout, runs) in &layouts {
-        progress!("ttff: {runs} runs of {}", layout.name);
+        progress!("join: {runs} runs of {}", layout.name);
         let mut done = vec![];
         let mut failed = 0;
         for r in 0..*runs {
@@ -148,7 +148,7 @@ pub fn run(opts: &Opts) -> String {
                         floor,
                     };
                     progress!(
-                        "ttff: {} run {r}: {} (floor {})",
+                        "join: {} run {r}: {} (floor {})",
                         layout.name,
                         run.dests
                             .iter()
@@ -162,7 +162,7 @@ pub fn run(opts: &Opts) -> String {
                 _ => {
                     failed += 1;
                     progress!(
-                        "ttff: {} run {r} failed: t0 {t0:?}, arrived {arrived:?}; hook said: {}",
+                        "join: {} run {r} failed: t0 {t0:?}, arrived {arrived:?}; hook said: {}",
                         layout.name,
                         String::from_utf8_lossy(&out.stderr)
                     );
