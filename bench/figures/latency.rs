@@ -9,7 +9,10 @@
 //! would see it. `ready` returns only after systemd reported the start job `done` (the unit is
 //! `Type=notify`: active once the relay sent READY=1, i.e. its source ffmpeg connected to
 //! MediaMTX and the relay read the first FLV tag); every run is checked with `systemctl
-//! is-active` afterwards, and runs where it was not active are counted as failures.
+//! is-active` afterwards, and runs where it was not active are counted as failures. That first
+//! tag depends on where in the GOP the run starts (the source ffmpeg writes its FLV header once
+//! it knows every stream's parameters), so runs are spread over the 2 s GOP by a random pause
+//! of 0–2 s between them: a fixed cycle about as long as the GOP would lock onto one phase.
 
 use std::time::Duration;
 
@@ -46,7 +49,7 @@ fn measure(lab: &Lab, path: &str, n: usize, ready: &str, unpublish: &str, active
                t2=$EPOCHREALTIME; {unpublish} >/dev/null 2>>/tmp/bench-unpublish.log; rc2=$?; t3=$EPOCHREALTIME\n\
                if {active}; then s2=active; else s2=inactive; fi\n\
                echo \"run $t0 $t1 $rc $s1 $t2 $t3 $rc2 $s2\"\n\
-               sleep {GAP}\n\
+               sleep {GAP}; sleep $((RANDOM % 2)).$(printf %03d $((RANDOM % 1000)))\n\
              done\n\
              tail -n 5 /tmp/bench-ready.log /tmp/bench-unpublish.log >&2 2>/dev/null; true"
         );
