@@ -94,7 +94,7 @@ fn usage() -> &'static str {
     "usage: bench/run.sh [FIGURE...] [OPTION...]\n\
      figures: latency ttff join cost scale storm recovery (default: all)\n\
      options:\n\
-     \x20 --quick                    small sizes for every figure (about 25 minutes in all)\n\
+     \x20 --quick                    small sizes for every figure (about 15 minutes in all)\n\
      \x20 --latency-runs N           hook runs for figure 1 (200)\n\
      \x20 --seed-latency-runs N      seed hook runs for figure 1 (10; each takes > 4 s)\n\
      \x20 --ttff-runs N              publishes per layout for figure 2, and joins of figure 2b (20)\n\
