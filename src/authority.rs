@@ -61,6 +61,18 @@ pub fn choose<'a>(
     }
 }
 
+impl AuthorityError {
+    /// The key is refused for good (401/403, or not in the streams file), as opposed to an
+    /// authority that could not answer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            AuthorityError::ControlPlane(ControlPlaneError::Rejected { .. })
+                | AuthorityError::StreamsFile(StreamsFileError::UnknownKey { .. })
+        )
+    }
+}
+
 impl Authority {
     /// The authority the settings name; a configuration error (text for the operator) if they
     /// name both or a Control Plane URL that cannot be used.

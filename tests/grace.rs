@@ -183,6 +183,8 @@ fn no_publisher_within_the_grace_ends_every_destination_once() {
     let source = stack::source_id(1);
     let mut publisher = go_live(&s, key, &dests, &source, "6s");
     let watcher = watch_all(&dests);
+    // The watcher stamps what is already recorded at its first look: let it catch up.
+    std::thread::sleep(Duration::from_secs(2));
     let dropped = arrivals::now();
     publisher.stop();
     let started = Instant::now();
@@ -315,4 +317,49 @@ fn a_reconnect_applies_the_new_destination_list_and_leaves_the_rest_alone() {
         "refresh did not close the removed destination"
     );
     assert_eq!(s.relay(key, &["NRestarts"])["NRestarts"], "0");
+}
+
+#[test]
+fn a_key_refused_on_the_reconnect_ends_the_grace_at_once() {
+    use common::control_plane_double::Reply;
+    let _slot = stack::slot(1);
+    let s = Stack::boot("grace-refused");
+    let hooks = PublishHooks::start();
+    let servers = servers(&s, &hooks, 1);
+    let dests = dests(&servers, "ref");
+    let key = "gracerefused01";
+    let (first, second) = (stack::source_id(1), stack::source_id(2));
+    let mut publisher = go_live(&s, key, &dests, &first, "30s");
+    publisher.stop();
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let started = Instant::now();
+            (hook(&s, "unpublish", key, &first, "30s"), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        // The streamer's plan ran out meanwhile: the reconnect is refused.
+        s.cp.script_auth(
+            key,
+            vec![Reply::Text(403, "Streaming hour limit exceeded".into())],
+        );
+        let _back = s.publish(key);
+        std::thread::sleep(Duration::from_millis(500));
+        let run = hook(&s, "ready", key, &second, "30s");
+        assert!(!run.ok(), "a refused key is not relayed");
+        let (unpublish, waited) = waiting.join().unwrap();
+        s.assert_ok(&unpublish, key);
+        assert!(
+            waited < Duration::from_secs(10),
+            "the old publisher's grace went on for {waited:?} after the refusal"
+        );
+    });
+    let p = s.relay(key, &["ActiveState"]);
+    assert_eq!(p["ActiveState"], "inactive", "{p:?}");
+    assert_eq!(
+        s.cp.count_for("POST", STREAM_END, key),
+        1,
+        "one end, not two"
+    );
+    assert_eq!(hooks.calls("publish_done", &dests[0].key).len(), 1);
+    assert!(s.ffmpegs().is_empty(), "ffmpeg left: {:?}", s.ffmpegs());
 }

@@ -149,6 +149,16 @@ impl Hook {
     /// Control Plane does not confirm stays queued in the session record for `neustream
     /// reconcile`; MediaMTX has nothing to do with it, so it is logged, not returned.
     pub async fn end_session(&self, report_anyway: bool, reason: &str) -> anyhow::Result<()> {
+        self.end(report_anyway, reason, false).await
+    }
+
+    /// Ends the key's stream whoever publishes it: a refused reconnect ends the grace of the
+    /// publisher it would have replaced.
+    pub async fn end_any_publisher(&self, reason: &str) -> anyhow::Result<()> {
+        self.end(false, reason, true).await
+    }
+
+    async fn end(&self, report_anyway: bool, reason: &str, any_owner: bool) -> anyhow::Result<()> {
         let key = &self.key;
         let lock = self.dir.lock(key)?;
         let recorded = match self.dir.read(key)? {
@@ -180,7 +190,7 @@ impl Hook {
                 .filter(|s| s.state == State::Live && !s.source_id.is_empty())
                 .map(|s| s.source_id.clone())
         });
-        if let Some(owner) = owner {
+        if let Some(owner) = owner.filter(|_| !any_owner) {
             if !self.source_id.is_empty() && owner != self.source_id {
                 info!(
                     stream_key = %key,

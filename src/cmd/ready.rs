@@ -69,6 +69,14 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
         if let Err(e) = hook.dir.unlock(key, lock) {
             warn!(stream_key = %key, "{key}: {e}");
         }
+        // A key refused on a reconnect: the stream it would have continued (in its grace,
+        // or still live) ends now, not when the grace runs out.
+        if e.is_refusal() && hook.owner().ok().flatten().is_some() {
+            warn!(stream_key = %key, "{key}: refused on a reconnect; ending the stream now");
+            if let Err(end) = hook.end_any_publisher("key refused on a reconnect").await {
+                warn!(stream_key = %key, "{key}: {end:#}");
+            }
+        }
         return Err(e).context("stream not relayed");
     }
     hook.accepted.store(true, Ordering::SeqCst);
