@@ -8,6 +8,7 @@ mod destination;
 mod envfile;
 mod logging;
 mod mediamtx;
+mod operator;
 mod relay;
 mod stream_key;
 mod streamdir;

@@ -1,8 +1,10 @@
 //! One file per subcommand, each with one `run`.
 
 mod hook;
+mod metrics;
 mod ready;
 mod relay;
+mod status;
 mod unpublish;
 
 use clap::CommandFactory;
@@ -23,6 +25,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ready(args) => ready::run(args),
         Command::Unpublish(args) => unpublish::run(args),
         Command::Relay(args) => relay::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -42,6 +46,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<ConfigError>()) {
         EXIT_CONFIG
+    } else if let Some(status::Verdict { code, .. }) = err.downcast_ref() {
+        *code
     } else {
         1
     }
