@@ -20,6 +20,7 @@ mod process;
 mod queue;
 mod source;
 pub mod state;
+mod tcpinfo;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,6 +150,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
 }
 
 async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
+    let mut tcp = tcpinfo::Sampler::default();
     loop {
         tokio::select! {
             _ = shared.board.changed() => {
@@ -157,6 +159,7 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
             }
             _ = tokio::time::sleep(STATE_EVERY) => {}
         }
+        shared.board.sample_tcp(&mut tcp);
         publish_once(&shared, dir.as_deref());
     }
 }

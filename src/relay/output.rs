@@ -165,6 +165,7 @@ async fn session(
             };
         }
     };
+    shared.board.child(index, child.id());
     let stdin = child.stdin.take().expect("stdin is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (signals, mut signal_rx) = mpsc::unbounded_channel();
@@ -223,6 +224,7 @@ async fn session(
         }
     };
     queue.close();
+    shared.board.child(index, None);
     // The last lines (the reason of a failure) come after the exit: read them all.
     let _ = tokio::time::timeout(Duration::from_secs(1), lines).await;
     while let Ok(signal) = signal_rx.try_recv() {

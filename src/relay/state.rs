@@ -81,6 +81,12 @@ pub struct DestinationState {
     pub retry_at: Option<u64>,
     /// Times its queue overflowed (it did not keep up and skipped to a keyframe).
     pub queue_overflows: u64,
+    /// The socket's own counters (`tcp_info`), all sessions; absent when not readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<super::tcpinfo::Totals>,
+    /// The current session's ffmpeg.
+    #[serde(skip)]
+    pid: Option<u32>,
     #[serde(skip)]
     rate_mark: Option<(Instant, u64)>,
 }
@@ -157,6 +163,8 @@ impl Board {
                         last_error: None,
                         retry_at: None,
                         queue_overflows: 0,
+                        tcp: None,
+                        pid: None,
                         rate_mark: None,
                     })
                     .collect(),
@@ -226,6 +234,21 @@ impl Board {
 
     pub fn overflowed(&self, index: usize, total: u64) {
         self.inner.lock().unwrap().destinations[index].queue_overflows = total;
+    }
+
+    /// The destination's current ffmpeg (none between sessions), for [`super::tcpinfo`].
+    pub fn child(&self, index: usize, pid: Option<u32>) {
+        self.inner.lock().unwrap().destinations[index].pid = pid;
+    }
+
+    /// Samples every destination's TCP counters into the state.
+    pub fn sample_tcp(&self, sampler: &mut super::tcpinfo::Sampler) {
+        let pids: Vec<Option<u32>> = self.destinations().iter().map(|d| d.pid).collect();
+        let totals = sampler.sample(&pids);
+        let mut inner = self.inner.lock().unwrap();
+        for (d, t) in inner.destinations.iter_mut().zip(totals) {
+            d.tcp = t;
+        }
     }
 
     pub fn source(&self, phase: SourcePhase) {
