@@ -3,11 +3,12 @@
 //! `--listen`; `--once` prints one scrape. Each scrape reads the relays' state files and asks
 //! systemd for their units' accounting; nothing is kept between scrapes.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::MetricsArgs;
 use crate::config;
@@ -15,10 +16,13 @@ use crate::operator::{http, metrics, report};
 
 pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
     let args = Rc::new(args);
+    // systemd's last complaint: logged when it changes, not at every scrape.
+    let complaint: Rc<RefCell<Option<String>>> = Rc::default();
     let scrape = {
         let args = args.clone();
         move || {
             let args = args.clone();
+            let complaint = complaint.clone();
             async move {
                 let start = Instant::now();
                 let report = report::gather(&report::Sources {
@@ -27,6 +31,14 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
                     timeout: args.view.systemd_timeout,
                 })
                 .await;
+                let now = report.systemd_error.clone();
+                if *complaint.borrow() != now {
+                    match &now {
+                        Some(e) => warn!("relay units' accounting not available: {e}"),
+                        None => info!("systemd answers again"),
+                    }
+                    complaint.replace(now);
+                }
                 metrics::render(&report, args.stream_label, start.elapsed().as_secs_f64())
             }
         }
