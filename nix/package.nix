@@ -46,8 +46,10 @@ rustPlatform.buildRustPackage {
   postInstall =
     ''
       # The units reference the binary as /usr/local/bin/neustream (Debian layout).
-      install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice
+      install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice \
+        systemd/neustream-metrics.socket systemd/neustream-metrics.service
       substituteInPlace $out/lib/systemd/system/neustream-relay@.service \
+        $out/lib/systemd/system/neustream-metrics.service \
         --replace-fail /usr/local/bin/neustream $out/bin/neustream
       install -Dm444 systemd/neustream.rules $out/share/polkit-1/rules.d/50-neustream.rules
       install -Dm444 systemd/neustream.tmpfiles.conf $out/lib/tmpfiles.d/neustream.conf
