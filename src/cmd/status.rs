@@ -179,8 +179,8 @@ fn age(now: u64, since: u64) -> String {
 fn size(bytes: u64) -> String {
     match bytes {
         0..=9_999 => format!("{bytes} B"),
-        10_000..=9_999_999 => format!("{:.1} kB", bytes as f64 / 1e3),
-        10_000_000..=999_999_999 => format!("{:.1} MB", bytes as f64 / 1e6),
+        10_000..=999_999 => format!("{:.1} kB", bytes as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2} MB", bytes as f64 / 1e6),
         _ => format!("{:.2} GB", bytes as f64 / 1e9),
     }
 }
@@ -228,10 +228,10 @@ mod tests {
         assert!(lines[1].contains("degraded  source starting for 0s  publisher conn-9"));
         assert_eq!(
             lines[2],
-            "  #  PLATFORM  STATE            SINCE  BITRATE    SENT      ACKED  RTT  ATTEMPTS  \
+            "  #  PLATFORM  STATE            SINCE  BITRATE    SENT       ACKED  RTT  ATTEMPTS  \
              LAST ERROR"
         );
-        assert!(lines[3].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.5 MB"));
+        assert!(lines[3].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.46 MB"));
         assert!(lines[4].contains("retrying in 4 s") && lines[4].ends_with("refused"));
     }
 
