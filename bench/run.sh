@@ -6,7 +6,7 @@
 #
 #   bench/run.sh                          every figure, full sizes (about an hour)
 #   bench/run.sh --quick                  every figure, small sizes (about 15 minutes)
-#   bench/run.sh latency ttff             some figures: latency ttff cost scale storm recovery
+#   bench/run.sh latency ttff             some figures: latency ttff cost scale storm recovery scrape
 #   bench/run.sh cost --cost-sizes 1,10 --window 10 --baselines seed
 #   bench/run.sh --help                   every option
 #

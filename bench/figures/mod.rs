@@ -4,5 +4,6 @@ pub mod cost;
 pub mod latency;
 pub mod recovery;
 pub mod scale;
+pub mod scrape;
 pub mod storm;
 pub mod ttff;
