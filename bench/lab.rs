@@ -123,6 +123,7 @@ impl Lab {
             Options {
                 units: vec![("bench-mediamtx.service".into(), unit)],
                 wants: vec![],
+                ..Default::default()
             },
         );
         let lab = Lab {

@@ -151,6 +151,7 @@ let
   privilegedPort = cfg.rtmpPort < 1024;
 
   environmentFileString = toString cfg.environmentFile; # never "${...}": that would copy a path
+  streamsFileString = toString cfg.streamsFile;
 in
 {
   options.services.neustream = {
@@ -168,9 +169,26 @@ in
       default = null;
       example = "https://api.neustream.app";
       description = ''
-        Base URL of the Neustream Control Plane (`CONTROL_PLANE_URL`). Required. `http://` is
-        accepted only for a loopback host unless
+        Base URL of the Neustream Control Plane (`CONTROL_PLANE_URL`), which authenticates stream
+        keys and gives their destinations. Set this or
+        {option}`services.neustream.streamsFile`, not both. `http://` is accepted only for a
+        loopback host unless
         {option}`services.neustream.settings.NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE` is set.
+      '';
+    };
+
+    streamsFile = mkOption {
+      type = types.nullOr (types.either types.path types.str);
+      default = null;
+      example = "/var/lib/secrets/neustream-streams.toml";
+      description = ''
+        Standalone mode, without the Control Plane: the TOML file of stream keys and their
+        destinations (`NEUSTREAM_STREAMS_FILE`; format in the README), read by the hooks at
+        every publish, so edits need no rebuild. It holds stream keys: give its name as a string
+        naming a file outside the Nix store (the module refuses a store path or a Nix path value,
+        which would be copied into the world-readable store), owned by root, group `mediamtx`,
+        mode 0640; the hooks refuse a file other users can read. Not under /home (MediaMTX runs
+        with ProtectHome). Check it with `neustream streams check FILE`.
       '';
     };
 
@@ -303,6 +321,12 @@ in
             defaultText = lib.literalExpression "config.services.neustream.controlPlaneUrl";
             description = "Base URL of the Control Plane; set {option}`services.neustream.controlPlaneUrl` instead.";
           };
+          NEUSTREAM_STREAMS_FILE = mkOption {
+            type = types.nullOr types.str;
+            default = if cfg.streamsFile == null then null else streamsFileString;
+            defaultText = lib.literalExpression "config.services.neustream.streamsFile";
+            description = "The streams file of standalone mode; set {option}`services.neustream.streamsFile` instead.";
+          };
           NEUSTREAM_ALLOW_INSECURE_CONTROL_PLANE = mkOption {
             type = types.bool;
             default = false;
@@ -339,8 +363,20 @@ in
   config = lib.mkIf cfg.enable (lib.mkMerge [ {
     assertions = [
       {
-        assertion = cpUrl != null;
-        message = ''services.neustream.controlPlaneUrl is not set: set it to the Control Plane's base URL, e.g. "https://api.neustream.app".'';
+        assertion = cpUrl != null || cfg.settings.NEUSTREAM_STREAMS_FILE != null;
+        message = ''services.neustream.controlPlaneUrl is not set: set it to the Control Plane's base URL, e.g. "https://api.neustream.app", or set services.neustream.streamsFile = "/var/lib/secrets/neustream-streams.toml"; to run without the Control Plane.'';
+      }
+      {
+        assertion = cpUrl == null || cfg.settings.NEUSTREAM_STREAMS_FILE == null;
+        message = "services.neustream: both a Control Plane URL (${toString cpUrl}) and a streams file (${toString cfg.settings.NEUSTREAM_STREAMS_FILE}) are set, and the hooks would refuse to run: remove services.neustream.streamsFile to take keys from the Control Plane, or services.neustream.controlPlaneUrl to take them from the streams file.";
+      }
+      {
+        assertion = !(builtins.isPath cfg.streamsFile);
+        message = ''services.neustream.streamsFile is a Nix path value (${streamsFileString}), which would be copied into the world-readable Nix store with every stream key in it: give the file's name as a string, e.g. streamsFile = "/var/lib/secrets/neustream-streams.toml";'';
+      }
+      {
+        assertion = cfg.streamsFile == null || (lib.hasPrefix "/" streamsFileString && !(lib.hasPrefix "${builtins.storeDir}/" streamsFileString));
+        message = "services.neustream.streamsFile (${streamsFileString}) must be an absolute path outside the Nix store, which is world-readable: keep the file (stream keys) in e.g. /var/lib/secrets, root:mediamtx 0640.";
       }
       {
         assertion = cfg.controlPlaneUrl == null || cpUrl == cfg.controlPlaneUrl;

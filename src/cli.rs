@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
+use crate::config::{parse_duration, parse_grace, DEFAULT_SETTINGS_FILE};
+use crate::streams_file::DEFAULT_STREAMS_FILE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,7 +15,9 @@ use crate::config::{parse_duration, DEFAULT_SETTINGS_FILE};
     version,
     about = "Neustream media server: MediaMTX hooks and the systemd-supervised ffmpeg relay",
     long_about = "Neustream media server: authenticates publishers against the Neustream Control \
-Plane and fans each live stream out to its RTMP(S) destinations.\n\n\
+Plane (CONTROL_PLANE_URL) or, without it, against the streams file (NEUSTREAM_STREAMS_FILE, \
+default /etc/neustream/streams.toml), and fans each live stream out to its RTMP(S) \
+destinations.\n\n\
 MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
 before MediaMTX 1.19.3) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
@@ -58,6 +61,13 @@ pub enum Command {
     /// ExecStart of neustream-metrics.service: serve GET /metrics (Prometheus text format) on
     /// the socket systemd passes, or on --listen; --once prints one scrape.
     Metrics(MetricsArgs),
+    /// ExecReload=+ of neustream-relay@.service (as root): hand the stream's env file to its
+    /// running relay (a new publisher, changed destinations) over the relay's control socket.
+    RelayReload(RelayReloadArgs),
+    /// Standalone mode's streams file (stream keys and their destinations, without the Control
+    /// Plane).
+    #[command(subcommand)]
+    Streams(StreamsCommand),
     /// Print shell completions for neustream to standard output.
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -71,10 +81,22 @@ impl Command {
     /// SYSLOG_IDENTIFIER of the journal lines this subcommand writes.
     pub fn log_identifier(&self) -> &'static str {
         match self {
-            Command::Relay(_) => "neustream-relay",
+            Command::Relay(_) | Command::RelayReload(_) => "neustream-relay",
             _ => "neustream",
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StreamsCommand {
+    /// Check a streams file as the hooks would read it (permissions included) and print what
+    /// each key would relay to, keys redacted. Exit status 78 if the file is refused.
+    Check {
+        /// The streams file.
+        #[arg(env = "NEUSTREAM_STREAMS_FILE", value_name = "FILE",
+              default_value = DEFAULT_STREAMS_FILE)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -99,9 +121,17 @@ pub struct HookArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct HookSettings {
-    /// Base URL of the Neustream Control Plane, e.g. https://api.neustream.app.
+    /// Base URL of the Neustream Control Plane, e.g. https://api.neustream.app. Unset: keys
+    /// and destinations come from the streams file (standalone mode).
     #[arg(long, env = "CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: String,
+    pub control_plane_url: Option<String>,
+
+    /// Standalone mode (no CONTROL_PLANE_URL): the TOML file of stream keys and destinations,
+    /// read at every publish [default: /etc/neustream/streams.toml]. It must not be readable by
+    /// other users (install it root:mediamtx 0640). Setting it together with CONTROL_PLANE_URL
+    /// is an error.
+    #[arg(long, env = "NEUSTREAM_STREAMS_FILE", value_name = "FILE")]
+    pub streams_file: Option<PathBuf>,
 
     /// Bearer token sent to the Control Plane, for deployments that put one in front of it.
     #[arg(
@@ -155,10 +185,32 @@ pub struct HookSettings {
           value_parser = parse_duration)]
     pub stream_end_timeout: Duration,
 
+    /// How long a stream's destinations stay connected (last picture, silence) after its
+    /// publisher is gone, for it to come back (OBS reconnecting): no stream end is reported
+    /// then, and no destination reconnects. 0 turns it off.
+    #[arg(long, env = "NEUSTREAM_RECONNECT_GRACE", default_value = "30s", value_parser = parse_grace)]
+    pub reconnect_grace: Duration,
+
     /// Time allowed for systemd to start or stop a relay unit; above the unit's TimeoutStopSec=10
     /// so that a stop that ends in SIGKILL still reports its result.
     #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayReloadArgs {
+    /// Stream key (the unit's instance name, unescaped: %I).
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Directory of the per-stream env files.
+    #[arg(
+        long,
+        env = "NEUSTREAM_RUNTIME_DIR",
+        default_value = "/run/neustream/streams",
+        value_name = "DIR"
+    )]
+    pub runtime_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -196,8 +248,14 @@ pub struct RelayArgs {
     )]
     pub ca_file: PathBuf,
 
-    /// Directory of the relay's state file (state.json); default: the unit's runtime
-    /// directory ($RUNTIME_DIRECTORY).
+    /// How long destinations stay connected (last picture, silence) after the publisher is
+    /// gone, for it to come back; 0: the relay ends with its source. Written into the stream's
+    /// env file by `ready` from its own setting, so hooks and relay agree.
+    #[arg(long, env = "NEUSTREAM_RECONNECT_GRACE", default_value = "30s", value_parser = parse_grace)]
+    pub reconnect_grace: Duration,
+
+    /// Directory of the relay's state file (state.json) and control socket; default: the
+    /// unit's runtime directory ($RUNTIME_DIRECTORY).
     #[arg(long, env = "NEUSTREAM_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

@@ -20,7 +20,7 @@ pub fn load_settings_file() -> anyhow::Result<()> {
     // relays publish.
     if matches!(
         subcommand(std::env::args().skip(1)).as_deref(),
-        Some("relay" | "status" | "metrics")
+        Some("relay" | "relay-reload" | "status" | "metrics")
     ) {
         return Ok(());
     }
@@ -155,6 +155,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A duration that may be zero ("0", "0s": off), else as [`parse_duration`].
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.trim_end_matches(['s', 'm']).trim_end_matches('m') == "0" || t == "0ms" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +173,15 @@ mod tests {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn graces_may_be_off() {
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_grace("-1s").is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ const SOURCE_URL: &str = "NEUSTREAM_SOURCE_URL";
 const SOURCE_ID: &str = "NEUSTREAM_MTX_SOURCE_ID";
 const SOURCE_TYPE: &str = "NEUSTREAM_MTX_SOURCE_TYPE";
 const COUNT: &str = "NEUSTREAM_DESTINATIONS";
+/// The hooks' reconnect grace, handed to the relay (it reads it as a setting: `relay --help`).
+const GRACE: &str = "NEUSTREAM_RECONNECT_GRACE";
 
 /// What a relay needs to know about its stream, and who published it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct StreamSpec {
     pub source_id: String,
     pub source_type: String,
     pub destinations: Vec<Destination>,
+    /// How long the relay keeps destinations after the publisher is gone (none: the relay's
+    /// own default).
+    pub grace: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +37,8 @@ pub enum EnvFileError {
     Missing(String),
     #[error("{name} is not a number of destinations (0 to 64)")]
     BadCount { name: String },
+    #[error("{name} is not a duration (e.g. 30s, or 0 for none)")]
+    BadDuration { name: String },
     #[error("{name}: {source}")]
     BadKey { name: String, source: KeyError },
     #[error("destination {index} ({platform}): {source}")]
@@ -83,6 +90,9 @@ impl StreamSpec {
         put(SOURCE_URL, &self.source_url)?;
         put(SOURCE_ID, &self.source_id)?;
         put(SOURCE_TYPE, &self.source_type)?;
+        if let Some(grace) = self.grace {
+            put(GRACE, &format!("{}ms", grace.as_millis()))?;
+        }
         put(COUNT, &self.destinations.len().to_string())?;
         for (i, d) in self.destinations.iter().enumerate() {
             put(&dest_platform(i), d.platform())?;
@@ -132,6 +142,11 @@ impl StreamSpec {
             source_id: optional(SOURCE_ID),
             source_type: optional(SOURCE_TYPE),
             destinations,
+            grace: get(GRACE)
+                .ok()
+                .map(crate::config::parse_grace)
+                .transpose()
+                .map_err(|_| EnvFileError::BadDuration { name: GRACE.into() })?,
         })
     }
 }
@@ -194,6 +209,7 @@ mod tests {
 
     fn spec(dests: &[(&str, &str)]) -> StreamSpec {
         StreamSpec {
+            grace: Some(std::time::Duration::from_secs(30)),
             key: StreamKey::parse("abc-123").unwrap(),
             source_url: "rtmp://127.0.0.1:1935/live/abc-123".into(),
             source_id: "9c1d2e3f-0000-4000-8000-000000000001".into(),

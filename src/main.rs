@@ -1,5 +1,6 @@
 //! `neustream`: MediaMTX hooks and the per-stream relay of the Neustream media server.
 
+mod authority;
 mod cli;
 mod cmd;
 mod config;
@@ -12,6 +13,7 @@ mod operator;
 mod relay;
 mod stream_key;
 mod streamdir;
+mod streams_file;
 mod systemd;
 
 use std::process::ExitCode;

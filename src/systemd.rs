@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use zbus_systemd::systemd1::ManagerProxy;
+use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
 
 use crate::stream_key::StreamKey;
 
@@ -115,6 +115,31 @@ impl Systemd {
         self.job_and_wait("start", unit, timeout).await
     }
 
+    /// `ReloadUnit(unit, "replace")` (the relay's `ExecReload=`: a new stream description for
+    /// the running relay) and waits for the job.
+    pub async fn reload_and_wait(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        self.job_and_wait("reload", unit, timeout).await
+    }
+
+    /// The unit's `ActiveState` (`active`, `reloading`, `activating`, `inactive`, `failed`,
+    /// ...); a unit that is not loaded is `inactive`.
+    pub async fn active_state(&self, unit: &str) -> Result<String, SystemdError> {
+        let path = match self.manager.get_unit(unit.into()).await {
+            Ok(path) => path,
+            Err(e) if is_no_such_unit(&e) => return Ok("inactive".into()),
+            Err(e) => return Err(call_error("query", unit, e)),
+        };
+        let proxy = UnitProxy::builder(self.manager.inner().connection())
+            .path(path)
+            .build()
+            .await
+            .map_err(|e| call_error("query", unit, e))?;
+        proxy
+            .active_state()
+            .await
+            .map_err(|e| call_error("query", unit, e))
+    }
+
     /// `StopUnit(unit, "replace")` and waits for the job. No such unit is fine.
     pub async fn stop_and_wait(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
         self.job_and_wait("stop", unit, timeout).await
@@ -140,6 +165,11 @@ impl Systemd {
                 .map_err(|e| call_error(verb, unit, e))?;
             let job = match verb {
                 "stop" => self.manager.stop_unit(unit.into(), "replace".into()).await,
+                "reload" => {
+                    self.manager
+                        .reload_unit(unit.into(), "replace".into())
+                        .await
+                }
                 _ => {
                     self.manager
                         .restart_unit(unit.into(), "replace".into())

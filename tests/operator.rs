@@ -46,6 +46,7 @@ fn metrics_units(port: u16) -> Options {
             ),
         ],
         wants: Vec::new(),
+        ..Options::default()
     }
 }
 

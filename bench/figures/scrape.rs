@@ -80,6 +80,7 @@ pub fn run(opts: &Opts) -> String {
                 ),
             ],
             wants: Vec::new(),
+            ..Options::default()
         },
     );
     let n = opts.scrape_relays;

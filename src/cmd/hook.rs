@@ -6,8 +6,8 @@ use anyhow::Context;
 use tracing::{error, info, warn};
 
 use super::ConfigError;
+use crate::authority::Authority;
 use crate::cli::{HookArgs, HookSettings};
-use crate::control_plane::ControlPlane;
 use crate::envfile::{self, StreamSpec};
 use crate::stream_key::StreamKey;
 use crate::streamdir::StreamDir;
@@ -21,7 +21,8 @@ pub struct Hook {
     pub source_type: String,
     pub settings: HookSettings,
     pub unit: String,
-    pub control_plane: ControlPlane,
+    /// The Control Plane, or the streams file in standalone mode.
+    pub authority: Authority,
     pub dir: StreamDir,
     /// Set once the Control Plane accepted the key: from then on it holds an active stream
     /// that must be reported ended if this publish is abandoned.
@@ -33,12 +34,13 @@ impl Hook {
         let key = StreamKey::from_path(&args.path)
             .with_context(|| format!("refusing stream path '{}'", printable(&args.path)))?;
         let s = &args.settings;
-        let control_plane = ControlPlane::new(
-            &s.control_plane_url,
+        let authority = Authority::new(
+            s.control_plane_url.as_deref(),
             s.control_plane_token.as_deref(),
             s.allow_insecure_control_plane,
+            s.streams_file.as_deref(),
         )
-        .map_err(|e| ConfigError(e.to_string()))?;
+        .map_err(ConfigError)?;
         let dir = StreamDir::open(&s.runtime_dir)?;
         Ok(Hook {
             unit: systemd::relay_unit(&key)?,
@@ -47,7 +49,7 @@ impl Hook {
             source_id: args.source_id,
             source_type: args.source_type,
             settings: args.settings,
-            control_plane,
+            authority,
             dir,
             accepted: AtomicBool::new(false),
         })
@@ -97,17 +99,16 @@ impl Hook {
         // Reported under the lock: a new publish of this key (OBS reconnecting) authenticates
         // only after it, else this end would close the new publisher's session.
         if recorded.is_some() || report_anyway {
-            match self
-                .control_plane
+            if let Err(e) = self
+                .authority
                 .stream_end(key, self.settings.stream_end_timeout)
                 .await
             {
-                Ok(()) => info!(stream_key = %key, "{key}: stream end reported"),
-                Err(e) => error!(
+                error!(
                     stream_key = %key,
                     "{key}: failed to report the end of the stream; the Control Plane may bill \
                      time that was not streamed: {e}"
-                ),
+                );
             }
         }
         self.dir.remove(key, &lock)?;
@@ -148,18 +149,24 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Waits for SIGINT or SIGTERM (MediaMTX sends SIGINT to runOnReady's process group when the
-/// stream stops while the hook still runs).
-pub async fn interrupted() -> &'static str {
+/// Catches SIGINT and SIGTERM from the moment it is called, and resolves when one arrives
+/// (MediaMTX sends SIGINT to runOnReady's process group when the stream stops while the hook
+/// still runs, and when the hook kicks its publisher). Call it before anything that can make
+/// MediaMTX send one: until then the signal's default action would kill the hook before it
+/// logs why it refused a publish (seen with the streams file, where refusals are immediate).
+pub fn interrupted() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }

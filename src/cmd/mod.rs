@@ -4,7 +4,9 @@ mod hook;
 mod metrics;
 mod ready;
 mod relay;
+mod relay_reload;
 mod status;
+mod streams;
 mod unpublish;
 
 use clap::CommandFactory;
@@ -27,6 +29,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => relay::run(args),
         Command::Status(args) => status::run(args),
         Command::Metrics(args) => metrics::run(args),
+        Command::RelayReload(args) => relay_reload::run(args),
+        Command::Streams(command) => streams::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

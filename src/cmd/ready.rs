@@ -15,15 +15,32 @@ use crate::systemd::Systemd;
 
 pub fn run(args: HookArgs) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
-        if let Err(e) = StreamKey::from_path(&args.path) {
-            let path = hook::printable(&args.path);
-            hook::kick(&args.settings, &args.source_type, &args.source_id, &path).await;
-            return Err(e).with_context(|| format!("refusing stream path '{path}'"));
-        }
-        let hook = Hook::new(args)?;
+        let interrupted = hook::interrupted();
+        let key = match StreamKey::from_path(&args.path) {
+            Ok(key) => key,
+            Err(e) => {
+                let path = hook::printable(&args.path);
+                hook::kick(&args.settings, &args.source_type, &args.source_id, &path).await;
+                return Err(e).with_context(|| format!("refusing stream path '{path}'"));
+            }
+        };
+        // Settings that cannot be used (both a Control Plane and a streams file, a bad URL)
+        // relay nothing: the publisher is dropped as for a refused key.
+        let (settings, source_type, source_id) = (
+            args.settings.clone(),
+            args.source_type.clone(),
+            args.source_id.clone(),
+        );
+        let hook = match Hook::new(args) {
+            Ok(hook) => hook,
+            Err(e) => {
+                hook::kick(&settings, &source_type, &source_id, key.as_str()).await;
+                return Err(e);
+            }
+        };
         let result = tokio::select! {
             result = publish(&hook) => result,
-            signal = hook::interrupted() => {
+            signal = interrupted => {
                 // The stream stopped while we were starting it: undo what was done.
                 warn!(stream_key = %hook.key, "{}: {signal} received; abandoning the publish", hook.key);
                 hook.end_session(hook.accepted()).await?;
@@ -46,14 +63,14 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
     // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
     // reports its end before our authentication, or then finds us the owner and reports nothing.
     let lock = hook.dir.lock(key)?;
-    if let Err(e) = hook.control_plane.authenticate(key, s.auth_timeout).await {
+    if let Err(e) = hook.authority.authenticate(key, s.auth_timeout).await {
         if let Err(e) = hook.dir.unlock(key, lock) {
             warn!(stream_key = %key, "{key}: {e}");
         }
         return Err(e).context("stream not relayed");
     }
     hook.accepted.store(true, Ordering::SeqCst);
-    info!(stream_key = %key, "{key}: accepted by the Control Plane (publisher {})", hook.source_id);
+    info!(stream_key = %key, "{key}: accepted by {} (publisher {})", hook.authority, hook.source_id);
 
     let result = start_relay(hook).await;
     drop(lock);
@@ -68,10 +85,7 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
 async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
-    let forwarding = hook
-        .control_plane
-        .forwarding(key, s.forwarding_timeout)
-        .await?;
+    let forwarding = hook.authority.forwarding(key, s.forwarding_timeout).await?;
     if let Some(name) = &forwarding.source_name {
         info!(stream_key = %key, "{key}: source '{}'", hook::printable(name));
     }
@@ -86,6 +100,7 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         source_id: hook.source_id.clone(),
         source_type: hook.source_type.clone(),
         destinations,
+        grace: Some(s.reconnect_grace),
     };
     let contents = spec.render()?;
 
@@ -96,6 +111,24 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         systemd.stop_and_wait(&hook.unit, s.unit_timeout).await?;
         info!(stream_key = %key, "{key}: no destinations; nothing to relay");
         return Ok(());
+    }
+    // A relay that runs (in its grace, or still reading the publisher this one replaces)
+    // takes the new description without restarting: no destination reconnects.
+    if systemd.active_state(&hook.unit).await? == "active" {
+        match systemd.reload_and_wait(&hook.unit, s.unit_timeout).await {
+            Ok(()) => {
+                info!(
+                    stream_key = %key,
+                    "{key}: {} switched to publisher {} ({} destination(s); env file {})",
+                    hook.unit,
+                    hook.source_id,
+                    spec.destinations.len(),
+                    path.display()
+                );
+                return Ok(());
+            }
+            Err(e) => warn!(stream_key = %key, "{key}: {e}; restarting the relay instead"),
+        }
     }
     systemd.reset_failed(&hook.unit).await?;
     systemd.restart_and_wait(&hook.unit, s.unit_timeout).await?;

@@ -45,11 +45,15 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         stop_timeout: args.stop_timeout,
         tls,
         state_dir: args.state_dir.clone().or_else(config::runtime_directory),
+        grace: args.reconnect_grace,
     };
     let key = spec.key.clone();
     match super::runtime()?.block_on(relay::run(spec, settings))? {
         Outcome::SourceEnded => {
             info!(stream_key = %key, "{key}: the source stream ended; relay done")
+        }
+        Outcome::GraceExpired => {
+            info!(stream_key = %key, "{key}: no publisher came back; relay done")
         }
         Outcome::Stopped(signal) => info!(stream_key = %key, "{key}: relay stopped on {signal}"),
     }

@@ -192,21 +192,13 @@ mod tests {
     use std::path::Path;
 
     fn report(live: bool) -> Report {
-        let b = crate::relay::state::Board::new("k1", "conn-9", &["youtube", "twitch"]);
-        b.connecting(0);
-        b.live(0);
-        b.sent(0, 123_456_789);
-        b.connecting(1);
-        if live {
-            b.live(1);
-        } else {
-            b.failed(
-                1,
-                crate::relay::state::ErrorClass::Refused,
-                std::time::Duration::from_secs(4),
-            );
-        }
-        let s = parse(Path::new("x"), &b.render().1).unwrap();
+        let second = if live { "live" } else { "refused" };
+        let text = crate::operator::relays::relay_wrote(
+            "k1",
+            "conn-9",
+            &[("youtube", "live", 123_456_789), ("twitch", second, 0)],
+        );
+        let s = parse(Path::new("x"), &text).unwrap();
         let now = s.updated;
         report::join(
             now,

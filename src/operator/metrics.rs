@@ -246,17 +246,12 @@ mod tests {
     use std::path::Path;
 
     fn report() -> Report {
-        let b = crate::relay::state::Board::new("secret-ingest-key", "c", &["youtube", "twitch"]);
-        b.connecting(0);
-        b.live(0);
-        b.sent(0, 5000);
-        b.connecting(1);
-        b.failed(
-            1,
-            crate::relay::state::ErrorClass::Unreachable,
-            std::time::Duration::from_secs(2),
+        let text = crate::operator::relays::relay_wrote(
+            "secret-ingest-key",
+            "c",
+            &[("youtube", "live", 5000), ("twitch", "unreachable", 0)],
         );
-        let mut s = parse(Path::new("x"), &b.render().1).unwrap();
+        let mut s = parse(Path::new("x"), &text).unwrap();
         s.destinations[0].tcp = Some(Tcp {
             bytes_acked: 4000,
             bytes_sent: 4100,

@@ -179,20 +179,47 @@ impl RelayState {
     }
 }
 
+/// What the relay (`crate::relay::state`) writes for `key`: each destination as (platform,
+/// `live` | `connecting` | an error class it failed with, bytes sent). For tests of readers.
+#[cfg(test)]
+pub(crate) fn relay_wrote(key: &str, publisher: &str, dests: &[(&str, &str, u64)]) -> String {
+    use crate::relay::state::{Board, DestinationState, ErrorClass};
+    let b = Board::new(key, publisher);
+    let mut d: Vec<DestinationState> = dests
+        .iter()
+        .enumerate()
+        .map(|(i, (platform, what, bytes))| {
+            let mut d = DestinationState::new(i, platform);
+            d.connecting();
+            d.bytes = *bytes;
+            let class = match *what {
+                "live" => None,
+                "connecting" => return d,
+                "refused" => Some(ErrorClass::Refused),
+                "unreachable" => Some(ErrorClass::Unreachable),
+                "dropped" => Some(ErrorClass::Dropped),
+                other => panic!("no such test state {other}"),
+            };
+            match class {
+                None => d.live(),
+                Some(c) => d.failed(c, std::time::Duration::from_secs(4)),
+            }
+            d
+        })
+        .collect();
+    b.render(&mut d).1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What `crate::relay::state::Board::render` writes.
     fn written() -> String {
-        use crate::relay::state::{Board, ErrorClass};
-        let b = Board::new("key-1", "conn-1", &["youtube", "twitch"]);
-        b.connecting(0);
-        b.live(0);
-        b.sent(0, 1234);
-        b.connecting(1);
-        b.failed(1, ErrorClass::Refused, std::time::Duration::from_secs(4));
-        b.render().1
+        relay_wrote(
+            "key-1",
+            "conn-1",
+            &[("youtube", "live", 1234), ("twitch", "refused", 0)],
+        )
     }
 
     #[test]

@@ -267,15 +267,9 @@ mod tests {
     use crate::operator::relays::{parse, Entry};
 
     fn state(now: u64, dests: &[&str]) -> RelayState {
-        let platforms: Vec<&str> = dests.iter().map(|_| "custom").collect();
-        let b = crate::relay::state::Board::new("k1", "c", &platforms);
-        for (i, d) in dests.iter().enumerate() {
-            b.connecting(i);
-            if *d == "live" {
-                b.live(i);
-            }
-        }
-        let mut s = parse(Path::new("x"), &b.render().1).unwrap();
+        let dests: Vec<(&str, &str, u64)> = dests.iter().map(|d| ("custom", *d, 0)).collect();
+        let text = crate::operator::relays::relay_wrote("k1", "c", &dests);
+        let mut s = parse(Path::new("x"), &text).unwrap();
         s.updated = now;
         s
     }

@@ -77,6 +77,15 @@ impl GopCache {
             .flatten()
     }
 
+    /// The keyframe that starts the cached GOP (the grace repeats it).
+    pub fn keyframe(&self) -> Option<&Tag> {
+        self.gop.first()
+    }
+
+    pub fn audio_config(&self) -> Option<&Tag> {
+        self.audio_config.as_ref()
+    }
+
     /// What a starting destination is sent first: headers, then the GOP. Audio older than the
     /// keyframe is left out, so the destination's first timestamp is the keyframe's.
     pub fn snapshot(&self) -> Vec<Tag> {

@@ -8,7 +8,8 @@ use tracing::warn;
 
 use super::cache::GopCache;
 use super::flv::{Kind, Tag};
-use super::queue::{Pushed, Queue};
+use super::output::Output;
+use super::queue::Pushed;
 
 /// One timeline for the whole relay: the timestamps every destination reads never go
 /// backwards, whatever the source does (a restarted or new source starts again near 0).
@@ -26,6 +27,20 @@ struct Timeline {
 const SPLICE_MS: i64 = 33;
 
 impl Timeline {
+    /// A tag already on the timeline (made by the relay): kept in order per kind.
+    fn place(&mut self, tag: &Tag) -> u32 {
+        let slot = match tag.kind {
+            Kind::Audio => 0,
+            Kind::Video => 1,
+            Kind::Script => return tag.timestamp,
+        };
+        let out = self.last[slot].map_or(i64::from(tag.timestamp), |l| {
+            l.max(i64::from(tag.timestamp))
+        });
+        self.last[slot] = Some(out);
+        out.min(i64::from(u32::MAX)) as u32
+    }
+
     fn map(&mut self, tag: &Tag) -> u32 {
         let ts = i64::from(tag.timestamp);
         let slot = match tag.kind {
@@ -53,7 +68,12 @@ struct Inner {
     cache: GopCache,
     timeline: Timeline,
     has_video: bool,
-    outputs: Vec<Arc<Queue>>,
+    /// A new source started: its tags are dropped up to its first keyframe (its first frame,
+    /// for a stream without video), where it is spliced onto the timeline.
+    splicing: bool,
+    /// Whether this source has sent a video configuration.
+    source_has_video: bool,
+    outputs: Vec<Arc<Output>>,
 }
 
 pub struct Hub {
@@ -62,30 +82,65 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(key: &str, outputs: Vec<Arc<Queue>>) -> Self {
+    pub fn new(key: &str) -> Self {
         Hub {
             key: key.to_owned(),
             inner: Mutex::new(Inner {
                 cache: GopCache::new(),
                 timeline: Timeline::default(),
                 has_video: false,
-                outputs,
+                splicing: true,
+                source_has_video: false,
+                outputs: Vec::new(),
             }),
         }
     }
 
-    /// Takes one tag from the source.
-    pub fn publish(&self, mut tag: Tag) {
+    /// Takes one tag from the source. Returns true when this tag makes the source's first
+    /// picture (the splice point).
+    pub fn publish(&self, mut tag: Tag) -> bool {
         if tag.is_end_of_sequence() {
-            return; // a source's end is not the stream's
+            return false; // a source's end is not the stream's
         }
         let mut hub = self.inner.lock().unwrap();
+        let header = tag.kind == Kind::Script || tag.is_sequence_header();
+        if tag.kind == Kind::Video && tag.is_sequence_header() {
+            hub.source_has_video = true;
+        }
+        let mut spliced = false;
+        if hub.splicing && !header {
+            let starts = tag.is_keyframe() || (!hub.source_has_video && tag.kind == Kind::Audio);
+            if !starts {
+                return false;
+            }
+            hub.splicing = false;
+            hub.timeline.rebase = true;
+            spliced = true;
+        }
         tag.timestamp = hub.timeline.map(&tag);
         hub.has_video |= tag.kind == Kind::Video;
         hub.cache.push(&tag);
-        let has_video = hub.has_video;
-        for (index, queue) in hub.outputs.iter().enumerate() {
-            if let Pushed::Overflowed { dropped } = queue.push(&tag, has_video) {
+        self.fan_out(&hub, &tag);
+        spliced
+    }
+
+    /// Takes a tag made by the relay (the grace's repeated picture and silence): to every
+    /// destination, not into the cache, its timestamp put on the timeline as it is. Only
+    /// between two sources: once the next source is spliced in, refused (`false`).
+    pub fn inject(&self, mut tag: Tag) -> bool {
+        let mut hub = self.inner.lock().unwrap();
+        if !hub.splicing {
+            return false;
+        }
+        tag.timestamp = hub.timeline.place(&tag);
+        self.fan_out(&hub, &tag);
+        true
+    }
+
+    fn fan_out(&self, hub: &Inner, tag: &Tag) {
+        for output in &hub.outputs {
+            if let Pushed::Overflowed { dropped } = output.queue.push(tag, hub.has_video) {
+                let index = output.index();
                 warn!(
                     stream_key = %self.key,
                     destination_index = index,
@@ -97,16 +152,57 @@ impl Hub {
         }
     }
 
-    /// The next tag comes from a new source: splice it onto the timeline.
+    /// The next tags come from a new source: spliced onto the timeline at its first keyframe.
     pub fn new_source(&self) {
-        self.inner.lock().unwrap().timeline.rebase = true;
+        let mut hub = self.inner.lock().unwrap();
+        hub.splicing = true;
+        hub.source_has_video = false;
     }
 
-    /// Starts a session of destination `index`: its queue gets the cache's snapshot, then
-    /// every tag published from now on.
-    pub fn attach(&self, index: usize) {
+    /// Whether the current source has not reached its first picture yet.
+    #[cfg(test)]
+    pub fn splicing(&self) -> bool {
+        self.inner.lock().unwrap().splicing
+    }
+
+    /// The last timestamp given out (ms) and what the grace needs: the last keyframe, and
+    /// the audio configuration.
+    pub fn last(&self) -> (u32, Option<Tag>, Option<Tag>) {
         let hub = self.inner.lock().unwrap();
-        hub.outputs[index].open(hub.cache.snapshot(), hub.cache.has_picture());
+        let last = hub
+            .timeline
+            .last
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or(0);
+        (
+            last.clamp(0, i64::from(u32::MAX)) as u32,
+            hub.cache.keyframe().cloned(),
+            hub.cache.audio_config().cloned(),
+        )
+    }
+
+    /// Starts a session of `output`: its queue gets the cache's snapshot, then every tag
+    /// published from now on.
+    pub fn attach(&self, output: &Output) {
+        let hub = self.inner.lock().unwrap();
+        output
+            .queue
+            .open(hub.cache.snapshot(), hub.cache.has_picture());
+    }
+
+    pub fn outputs(&self) -> Vec<Arc<Output>> {
+        self.inner.lock().unwrap().outputs.clone()
+    }
+
+    /// Replaces the list of destinations (their order gives their indexes).
+    pub fn set_outputs(&self, outputs: Vec<Arc<Output>>) {
+        for (i, o) in outputs.iter().enumerate() {
+            o.set_index(i);
+        }
+        self.inner.lock().unwrap().outputs = outputs;
     }
 }
 
@@ -153,21 +249,58 @@ mod tests {
 
     #[test]
     fn a_late_destination_starts_from_the_cached_keyframe() {
-        let queues: Vec<Arc<Queue>> = (0..2).map(|_| Arc::new(Queue::new())).collect();
-        let hub = Hub::new("k", queues.clone());
-        hub.attach(0);
+        let dest =
+            |k: &str| crate::destination::Destination::from_parts("x", "rtmp://h/a", k).unwrap();
+        let outputs = vec![Output::new(0, dest("a")), Output::new(1, dest("b"))];
+        let hub = Hub::new("k");
+        hub.set_outputs(outputs.clone());
+        hub.attach(&outputs[0]);
         for (i, ts) in (0..90).map(|i| (i, i * 33)) {
             hub.publish(video(ts, i % 60 == 0));
         }
-        hub.attach(1);
+        hub.attach(&outputs[1]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        rt.block_on(queues[0].take(&mut a));
-        rt.block_on(queues[1].take(&mut b));
+        rt.block_on(outputs[0].queue.take(&mut a));
+        rt.block_on(outputs[1].queue.take(&mut b));
         assert_eq!(a.len(), 90);
         assert_eq!(b.len(), 30, "from the keyframe at frame 60");
         assert!(b[0].is_keyframe() && b[0].timestamp == 60 * 33);
+    }
+
+    #[test]
+    fn a_new_source_is_spliced_at_its_first_keyframe() {
+        let dest = crate::destination::Destination::from_parts("x", "rtmp://h/a", "k").unwrap();
+        let out = Output::new(0, dest);
+        let hub = Hub::new("k");
+        hub.set_outputs(vec![out.clone()]);
+        hub.attach(&out);
+        assert!(!hub.publish(audio(0)), "nothing before the first keyframe");
+        assert!(hub.publish(video(10, true)));
+        hub.publish(video(43, false));
+        assert!(
+            !hub.inject(video(500, true)),
+            "no filler while a source is live"
+        );
+        // The source ends; the grace's filler goes on from there.
+        hub.new_source();
+        assert!(hub.inject(video(1043, true)));
+        assert!(hub.splicing());
+        assert!(!hub.publish(audio(5)));
+        assert!(!hub.publish(video(20, false)));
+        assert!(hub.publish(video(40, true)));
+        assert!(
+            !hub.inject(video(2000, true)),
+            "the filler stops at the splice"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut got = Vec::new();
+        rt.block_on(out.queue.take(&mut got));
+        let stamps: Vec<u32> = got.iter().map(|t| t.timestamp).collect();
+        assert_eq!(stamps, [0, 33, 1043, 1076]);
     }
 }

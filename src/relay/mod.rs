@@ -11,13 +11,16 @@
 
 pub mod backoff;
 mod cache;
+pub mod control;
 pub mod ffmpeg;
+mod filler;
 pub mod flv;
 mod hub;
 mod notify;
 mod output;
 mod process;
 mod queue;
+mod silence;
 mod source;
 pub mod state;
 mod tcpinfo;
@@ -26,15 +29,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::destination::{Destination, Redactor};
 use crate::envfile::StreamSpec;
 use ffmpeg::Tls;
 use hub::Hub;
+use output::Output;
 use process::LineLog;
-use queue::Queue;
 use state::{Board, SourcePhase};
 
 /// How often the state is published when nothing changes (bitrates move).
@@ -44,33 +48,56 @@ pub struct Settings {
     pub ffmpeg: PathBuf,
     pub stop_timeout: Duration,
     pub tls: Tls,
-    /// Where `state.json` is kept (the unit's runtime directory); none: not written.
+    /// Where `state.json` and `control.sock` are kept (the unit's runtime directory); none:
+    /// no state file, no reload.
     pub state_dir: Option<PathBuf>,
+    /// How long destinations are kept (frozen picture, silence) after the publisher is gone;
+    /// zero: the relay ends with its source.
+    pub grace: Duration,
 }
 
 /// What the source, the destinations and the state publisher share.
 pub struct Shared {
     key: String,
     ffmpeg: PathBuf,
-    destinations: Vec<Destination>,
-    queues: Vec<Arc<Queue>>,
     hub: Hub,
     board: Board,
-    redactor: Arc<Redactor>,
     tls: Tls,
     stop_timeout: Duration,
-    /// Turns true once the source has a picture to show (a video keyframe, or audio for a
-    /// stream without video): destinations start then, not before.
+    /// Turns true once the first source has a picture to show (a video keyframe, or audio for
+    /// a stream without video): destinations start then, not before.
     picture: watch::Sender<bool>,
+    /// A source reached its first picture (the end of a grace).
+    spliced: Notify,
 }
 
 /// How the relay ended without an error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The source stream ended (the publisher is gone).
+    /// The source stream ended (the publisher is gone) and no grace was configured.
     SourceEnded,
+    /// No publisher came back within the grace.
+    GraceExpired,
     /// SIGTERM or SIGINT.
     Stopped(&'static str),
+}
+
+fn start_source(
+    shared: &Arc<Shared>,
+    url: &str,
+) -> (JoinHandle<anyhow::Result<source::End>>, watch::Sender<bool>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let shared = shared.clone();
+    let url = url.to_owned();
+    let task = tokio::spawn(async move {
+        let log = LineLog::new(&shared.key, None, Arc::new(Redactor::default()));
+        source::run(&shared, &url, log, stop_rx).await
+    });
+    (task, stop)
+}
+
+fn start_output(shared: &Arc<Shared>, output: &Arc<Output>) -> JoinHandle<()> {
+    tokio::spawn(output::supervise(shared.clone(), output.clone()))
 }
 
 pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome> {
@@ -79,55 +106,126 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
     let mut int = signal(SignalKind::interrupt())?;
 
     let key = spec.key.to_string();
-    let platforms: Vec<&str> = spec
-        .destinations
-        .iter()
-        .map(Destination::platform)
-        .collect();
-    let queues: Vec<Arc<Queue>> = spec
-        .destinations
-        .iter()
-        .map(|_| Arc::new(Queue::new()))
-        .collect();
     let shared = Arc::new(Shared {
-        hub: Hub::new(&key, queues.clone()),
-        board: Board::new(&key, &spec.source_id, &platforms),
-        redactor: Arc::new(Redactor::new(&spec.destinations)),
+        hub: Hub::new(&key),
+        board: Board::new(&key, &spec.source_id),
         key: key.clone(),
         ffmpeg: settings.ffmpeg.clone(),
-        destinations: spec.destinations.clone(),
-        queues,
         tls: settings.tls.clone(),
         stop_timeout: settings.stop_timeout,
         picture: watch::channel(false).0,
+        spliced: Notify::new(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let outputs: Vec<_> = (0..spec.destinations.len())
-        .map(|i| tokio::spawn(output::supervise(shared.clone(), i, stop_rx.clone())))
+    let outputs: Vec<Arc<Output>> = spec
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Output::new(i, d.clone()))
         .collect();
+    shared.hub.set_outputs(outputs.clone());
+    let mut supervisors: Vec<JoinHandle<()>> =
+        outputs.iter().map(|o| start_output(&shared, o)).collect();
     let publisher = tokio::spawn(publish_state(shared.clone(), settings.state_dir.clone()));
-
-    let source = source::run(
-        &shared,
-        &spec.source_url,
-        LineLog::new(&key, None, shared.redactor.clone()),
-        stop_rx.clone(),
-    );
-    tokio::pin!(source);
-    let mut signal_name = None;
-    let end = tokio::select! {
-        end = &mut source => end,
-        _ = term.recv() => { signal_name = Some("SIGTERM"); stop_tx.send_replace(true); source.await }
-        _ = int.recv() => { signal_name = Some("SIGINT"); stop_tx.send_replace(true); source.await }
+    let (reload_tx, mut reloads) = mpsc::channel::<control::Reload>(4);
+    let control = match &settings.state_dir {
+        Some(dir) => match control::listen(dir) {
+            Ok(listener) => Some(tokio::spawn(control::serve(listener, reload_tx))),
+            Err(e) => {
+                warn!(stream_key = %key, "{key}: no control socket in {} ({e}): `systemctl reload` will restart destinations", dir.display());
+                None
+            }
+        },
+        None => None,
     };
+
+    let mut publisher_id = spec.source_id.clone();
+    let (task, stop) = start_source(&shared, &spec.source_url);
+    let mut source = Some((task, stop));
+    // The source to start when the running one has stopped (a new publisher).
+    let mut next_source: Option<String> = None;
+    let mut grace: Option<tokio::time::Instant> = None;
+    let mut filler: Option<JoinHandle<()>> = None;
+    let outcome: anyhow::Result<Outcome> = loop {
+        let grace_at = grace.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            end = async { (&mut source.as_mut().expect("guarded").0).await }, if source.is_some() => {
+                source = None;
+                // Whatever comes next is spliced onto the timeline; between sources the
+                // grace's filler may inject.
+                shared.hub.new_source();
+                let end = match end {
+                    Ok(end) => end,
+                    Err(e) => Err(anyhow::anyhow!("the source task failed: {e}")),
+                };
+                if let Some(url) = next_source.take() {
+                    source = Some(start_source(&shared, &url));
+                    continue;
+                }
+                let end = match end {
+                    Ok(end) => end,
+                    Err(e) => break Err(e),
+                };
+                if settings.grace.is_zero() || matches!(end, source::End::Stopped) {
+                    break source_outcome(&key, end);
+                }
+                let until = tokio::time::Instant::now() + settings.grace;
+                grace = Some(until);
+                shared.board.grace(state::unix_now() + settings.grace.as_secs());
+                info!(stream_key = %key, "{key}: the publisher is gone ({}); keeping every destination for {:?} for it to come back",
+                      describe_end(&end), settings.grace);
+                let shared2 = shared.clone();
+                filler = Some(tokio::spawn(async move { filler::run(&shared2).await }));
+            }
+            Some(reload) = reloads.recv() => {
+                let result = apply(&shared, &mut supervisors, &reload.spec);
+                if result.is_ok() && reload.spec.source_id != publisher_id {
+                    info!(stream_key = %key, "{key}: new publisher {} (was {publisher_id}): switching the source, destinations stay connected",
+                          reload.spec.source_id);
+                    publisher_id = reload.spec.source_id.clone();
+                    shared.board.publisher(&publisher_id);
+                    match &source {
+                        Some((_, stop)) => {
+                            stop.send_replace(true);
+                            next_source = Some(reload.spec.source_url.clone());
+                        }
+                        None => source = Some(start_source(&shared, &reload.spec.source_url)),
+                    }
+                }
+                let _ = reload.done.send(result);
+            }
+            _ = shared.spliced.notified(), if grace.is_some() => {
+                grace = None;
+                info!(stream_key = %key, "{key}: publisher {publisher_id} is live: the grace is over");
+            }
+            _ = tokio::time::sleep_until(grace_at), if grace.is_some() => {
+                info!(stream_key = %key, "{key}: no publisher within {:?}; ending every destination", settings.grace);
+                break Ok(Outcome::GraceExpired);
+            }
+            _ = term.recv() => break Ok(Outcome::Stopped("SIGTERM")),
+            _ = int.recv() => break Ok(Outcome::Stopped("SIGINT")),
+        }
+    };
+
     notify::stopping();
-    shared.board.source(SourcePhase::Ended);
-    if let Some(name) = signal_name {
+    if let Ok(Outcome::Stopped(name)) = &outcome {
         info!(stream_key = %key, "{key}: {name} received; ending every destination");
     }
-    stop_tx.send_replace(true);
+    if let Some(control) = control {
+        control.abort();
+    }
+    if let Some(filler) = filler {
+        filler.abort();
+    }
+    if let Some((task, stop)) = source.take() {
+        stop.send_replace(true);
+        let _ = tokio::time::timeout(settings.stop_timeout + Duration::from_secs(1), task).await;
+    }
+    shared.board.source(SourcePhase::Ended);
+    for o in shared.hub.outputs() {
+        o.stop();
+    }
     // Each session kills its ffmpeg after stop_timeout; this bounds the whole.
-    let all = futures_util::future::join_all(outputs);
+    let all = futures_util::future::join_all(supervisors);
     if tokio::time::timeout(settings.stop_timeout + Duration::from_secs(2), all)
         .await
         .is_err()
@@ -135,10 +233,25 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         warn!(stream_key = %key, "{key}: destinations still stopping after {:?}", settings.stop_timeout);
     }
     publisher.abort();
-    publish_once(&shared, settings.state_dir.as_deref());
+    publish_once(&shared, settings.state_dir.as_deref(), None);
+    if let Some(dir) = &settings.state_dir {
+        let _ = std::fs::remove_file(dir.join(control::SOCKET));
+    }
+    outcome
+}
 
-    match end? {
-        source::End::Stopped => Ok(Outcome::Stopped(signal_name.unwrap_or("stop"))),
+fn describe_end(end: &source::End) -> String {
+    match end {
+        source::End::Finished => "its stream ended".into(),
+        source::End::Failed(status) => format!("the source ffmpeg exited: {status}"),
+        source::End::Garbled(e) => format!("unreadable FLV: {e}"),
+        source::End::Stopped => "stopped".into(),
+    }
+}
+
+fn source_outcome(key: &str, end: source::End) -> anyhow::Result<Outcome> {
+    match end {
+        source::End::Stopped => Ok(Outcome::Stopped("stop")),
         source::End::Finished => Ok(Outcome::SourceEnded),
         source::End::Failed(status) => {
             anyhow::bail!("{key}: the source ffmpeg exited ({status}); systemd restarts the relay")
@@ -146,6 +259,84 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         source::End::Garbled(e) => {
             anyhow::bail!("{key}: the source ffmpeg's output is not FLV: {e}")
         }
+    }
+}
+
+/// Applies a new list of destinations: unchanged ones are left alone, removed ones closed
+/// cleanly, added (or changed: a changed URL or key is a new destination) ones started.
+fn apply(
+    shared: &Arc<Shared>,
+    supervisors: &mut Vec<JoinHandle<()>>,
+    spec: &StreamSpec,
+) -> Result<String, String> {
+    if spec.key.as_str() != shared.key {
+        return Err(format!(
+            "the description is for stream {}, this relay is for {}",
+            spec.key, shared.key
+        ));
+    }
+    if spec.destinations.is_empty() {
+        return Err("no destinations: stop the relay instead".into());
+    }
+    let Diff {
+        kept,
+        added,
+        removed,
+        next,
+    } = diff(&shared.hub.outputs(), &spec.destinations);
+    for o in &removed {
+        info!(stream_key = %shared.key, destination_index = o.index(),
+              "{}: destination {} ({}) removed", shared.key, o.index(), o.dest.platform());
+        o.stop();
+    }
+    shared.hub.set_outputs(next.clone());
+    for o in &added {
+        info!(stream_key = %shared.key, destination_index = o.index(), destination_platform = o.dest.platform(),
+              "{}: destination {} ({}) added: {}", shared.key, o.index(), o.dest.platform(), o.dest.redacted());
+        supervisors.push(start_output(shared, o));
+    }
+    supervisors.retain(|s| !s.is_finished());
+    shared.board.touch();
+    Ok(format!(
+        "{kept} kept, {} added, {} removed",
+        added.len(),
+        removed.len()
+    ))
+}
+
+/// How a new list of destinations compares with the running one.
+struct Diff {
+    kept: usize,
+    added: Vec<Arc<Output>>,
+    removed: Vec<Arc<Output>>,
+    /// The new list, in order: kept and added outputs.
+    next: Vec<Arc<Output>>,
+}
+
+/// Matches the running outputs with a new list, destination by destination.
+fn diff(running: &[Arc<Output>], wanted: &[Destination]) -> Diff {
+    let mut left: Vec<Arc<Output>> = running.to_vec();
+    let mut next = Vec::with_capacity(wanted.len());
+    let mut added = Vec::new();
+    let mut kept = 0;
+    for (i, d) in wanted.iter().enumerate() {
+        match left.iter().position(|o| o.dest == *d) {
+            Some(pos) => {
+                next.push(left.remove(pos));
+                kept += 1;
+            }
+            None => {
+                let o = Output::new(i, d.clone());
+                added.push(o.clone());
+                next.push(o);
+            }
+        }
+    }
+    Diff {
+        kept,
+        added,
+        removed: left,
+        next,
     }
 }
 
@@ -159,21 +350,72 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
             }
             _ = tokio::time::sleep(STATE_EVERY) => {}
         }
-        shared.board.sample_tcp(&mut tcp);
-        publish_once(&shared, dir.as_deref());
+        publish_once(&shared, dir.as_deref(), Some(&mut tcp));
     }
 }
 
-fn publish_once(shared: &Shared, dir: Option<&std::path::Path>) {
-    for (index, queue) in shared.queues.iter().enumerate() {
-        shared.board.overflowed(index, queue.overflows());
+fn publish_once(
+    shared: &Shared,
+    dir: Option<&std::path::Path>,
+    tcp: Option<&mut tcpinfo::Sampler<Output>>,
+) {
+    let outputs = shared.hub.outputs();
+    let mut states: Vec<_> = outputs.iter().map(|o| o.state()).collect();
+    if let Some(tcp) = tcp {
+        let children: Vec<_> = outputs
+            .iter()
+            .zip(&states)
+            .map(|(o, s)| (o, s.pid))
+            .collect();
+        for (s, t) in states.iter_mut().zip(tcp.sample(&children)) {
+            s.tcp = t;
+        }
     }
-    let (status, json) = shared.board.render();
+    let (status, json) = shared.board.render(&mut states);
+    for (o, s) in outputs.iter().zip(&states) {
+        o.merge_rate(s);
+    }
     notify::status(&status);
     if let Some(dir) = dir {
         if let Err(e) = state::write_file(dir, &json) {
             warn!(stream_key = %shared.key, "{}: failed to write the state file in {}: {e}",
                   shared.key, dir.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(key: &str) -> Destination {
+        Destination::from_parts("custom", "rtmp://h/live", key).unwrap()
+    }
+
+    #[test]
+    fn a_new_list_keeps_what_is_unchanged() {
+        let running: Vec<Arc<Output>> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Output::new(i, d(k)))
+            .collect();
+        let Diff {
+            kept,
+            added,
+            removed,
+            next,
+        } = diff(&running, &[d("c"), d("a"), d("x")]);
+        assert_eq!(kept, 2);
+        assert!(Arc::ptr_eq(&next[0], &running[2]) && Arc::ptr_eq(&next[1], &running[0]));
+        assert_eq!(added.len(), 1);
+        assert!(Arc::ptr_eq(&next[2], &added[0]));
+        assert_eq!(removed.len(), 1);
+        assert!(Arc::ptr_eq(&removed[0], &running[1]));
+        // A changed key is a new destination.
+        let changed = diff(&running, &[d("a"), d("b"), d("c2")]);
+        assert_eq!(
+            (changed.kept, changed.added.len(), changed.removed.len()),
+            (2, 1, 1)
+        );
     }
 }

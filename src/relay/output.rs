@@ -2,7 +2,7 @@
 //! the destination), tells how a session ended, and starts the next one after a backoff. A
 //! destination fails and recovers alone; the source and the others never wait for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -15,9 +15,9 @@ use super::ffmpeg::{self, Signal};
 use super::flv::{Tag, FILE_HEADER};
 use super::process::{self, LineLog};
 use super::queue::Queue;
-use super::state::ErrorClass;
+use super::state::{Board, DestinationState, ErrorClass};
 use super::Shared;
-use crate::destination::Destination;
+use crate::destination::{Destination, Redactor};
 
 /// A session that ends this soon after the server accepted the publish was refused (servers
 /// that check a key after `publish` close the connection at once).
@@ -42,35 +42,106 @@ struct Ended {
     live_for: Duration,
 }
 
-pub async fn supervise(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>) {
-    let dest = &shared.destinations[index];
+/// One destination: its queue, its state, and the switch that stops it.
+pub struct Output {
+    pub dest: Destination,
+    pub queue: Queue,
+    state: Mutex<DestinationState>,
+    stop: watch::Sender<bool>,
+    /// Its own key is all its ffmpeg could print.
+    redactor: Arc<Redactor>,
+}
+
+impl Output {
+    pub fn new(index: usize, dest: Destination) -> Arc<Self> {
+        Arc::new(Output {
+            state: Mutex::new(DestinationState::new(index, dest.platform())),
+            redactor: Arc::new(Redactor::new([&dest])),
+            queue: Queue::new(),
+            stop: watch::channel(false).0,
+            dest,
+        })
+    }
+
+    /// Its position in the stream's current list of destinations.
+    pub fn index(&self) -> usize {
+        self.state.lock().unwrap().index
+    }
+
+    pub fn set_index(&self, index: usize) {
+        self.state.lock().unwrap().index = index;
+    }
+
+    pub fn state(&self) -> DestinationState {
+        let mut state = self.state.lock().unwrap().clone();
+        state.queue_overflows = self.queue.overflows();
+        state
+    }
+
+    /// Applies `f` to the state; a visible change wakes the state publisher.
+    fn update(&self, board: &Board, f: impl FnOnce(&mut DestinationState)) {
+        let mut state = self.state.lock().unwrap();
+        let before = state.visible();
+        f(&mut state);
+        let changed = state.visible() != before;
+        drop(state);
+        if changed {
+            board.touch();
+        }
+    }
+
+    /// Keeps the rate measurement in the published copy: the copy renders, this one counts.
+    pub fn merge_rate(&self, rendered: &DestinationState) {
+        let mut state = self.state.lock().unwrap();
+        state.bitrate = rendered.bitrate;
+        state.rate_mark = rendered.rate_mark;
+    }
+
+    /// Ends this destination: its ffmpeg closes the publish cleanly.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+pub async fn supervise(shared: Arc<Shared>, output: Arc<Output>) {
+    let mut stop = output.stop.subscribe();
+    let dest = &output.dest;
     let platform = dest.platform();
     let key = shared.key.as_str();
+    let board = &shared.board;
     let mut picture = shared.picture.subscribe();
     tokio::select! {
         _ = picture.wait_for(|p| *p) => {}
         _ = stop.wait_for(|s| *s) => {
-            shared.board.stopped(index);
+            output.update(board, DestinationState::stopped);
             return;
         }
     }
-    let seed = u64::from(std::process::id()) << 8 | index as u64;
+    let seed =
+        (u64::from(std::process::id()) << 16) ^ (output.index() as u64) ^ super::state::unix_now();
     let mut backoff = Backoff::new(backoff::FIRST, backoff::CAP, backoff::RESET_AFTER, seed);
-    let log = LineLog::new(key, Some((index, platform)), shared.redactor.clone());
+    let log = LineLog::new(
+        key,
+        Some((output.index(), platform)),
+        output.redactor.clone(),
+    );
     loop {
         if *stop.borrow() {
             break;
         }
-        shared.board.connecting(index);
+        output.update(board, DestinationState::connecting);
         log.set_quiet(backoff.failures() >= LOUD_FAILURES);
-        let ended = session(&shared, index, &log, stop.clone()).await;
+        let ended = session(&shared, &output, &log, stop.clone()).await;
         let Some(class) = ended.class else { break };
         if ended.live_for >= backoff::RESET_AFTER {
-            shared.board.healthy(index);
+            output.update(board, DestinationState::healthy);
         }
         let wait = backoff.next(ended.live_for);
-        shared.board.failed(index, class, wait);
-        let attempt = shared.board.destinations()[index].attempts;
+        output.update(board, |s| s.failed(class, wait));
+        let (index, attempt) = {
+            let s = output.state.lock().unwrap();
+            (s.index, s.attempts)
+        };
         warn!(
             stream_key = key,
             destination_index = index,
@@ -94,7 +165,7 @@ pub async fn supervise(shared: Arc<Shared>, index: usize, mut stop: watch::Recei
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    shared.board.stopped(index);
+    output.update(board, DestinationState::stopped);
 }
 
 fn describe(class: ErrorClass, live_for: Duration) -> String {
@@ -135,12 +206,13 @@ async fn until_reachable(dest: &Destination) {
 
 async fn session(
     shared: &Shared,
-    index: usize,
+    output: &Output,
     log: &LineLog,
     mut stop: watch::Receiver<bool>,
 ) -> Ended {
-    let dest = &shared.destinations[index];
-    let queue = &shared.queues[index];
+    let dest = &output.dest;
+    let queue = &output.queue;
+    let index = output.index();
     let key = shared.key.as_str();
     let preset = ffmpeg::preset(dest, &shared.tls);
     let args = ffmpeg::destination_args(dest);
@@ -165,7 +237,7 @@ async fn session(
             };
         }
     };
-    shared.board.child(index, child.id());
+    output.state.lock().unwrap().pid = child.id();
     let stdin = child.stdin.take().expect("stdin is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (signals, mut signal_rx) = mpsc::unbounded_channel();
@@ -181,8 +253,8 @@ async fn session(
         })
     };
 
-    shared.hub.attach(index);
-    let writer = write_queue(queue, stdin, shared, index);
+    shared.hub.attach(output);
+    let writer = write_queue(output, stdin);
     tokio::pin!(writer);
     let started = Instant::now();
     let mut published: Option<Instant> = None;
@@ -198,7 +270,7 @@ async fn session(
             Some(signal) = signal_rx.recv() => match signal {
                 Signal::Publishing => {
                     published = Some(Instant::now());
-                    shared.board.live(index);
+                    output.update(&shared.board, DestinationState::live);
                     if !stopping {
                         kill_at = None;
                     }
@@ -224,7 +296,7 @@ async fn session(
         }
     };
     queue.close();
-    shared.board.child(index, None);
+    output.state.lock().unwrap().pid = None;
     // The last lines (the reason of a failure) come after the exit: read them all.
     let _ = tokio::time::timeout(Duration::from_secs(1), lines).await;
     while let Ok(signal) = signal_rx.try_recv() {
@@ -267,7 +339,8 @@ async fn session(
 
 /// Feeds ffmpeg: the FLV header, then the queue's tags as they come, in one write per batch.
 /// Ends (closing ffmpeg's input) when the queue is closed, or when ffmpeg stops reading.
-async fn write_queue(queue: &Queue, mut stdin: ChildStdin, shared: &Shared, index: usize) {
+async fn write_queue(output: &Output, mut stdin: ChildStdin) {
+    let queue = &output.queue;
     if stdin.write_all(&FILE_HEADER).await.is_err() {
         return;
     }
@@ -281,6 +354,6 @@ async fn write_queue(queue: &Queue, mut stdin: ChildStdin, shared: &Shared, inde
         if stdin.write_all(&buf).await.is_err() {
             return; // ffmpeg exited: its exit status tells why
         }
-        shared.board.sent(index, buf.len());
+        output.state.lock().unwrap().bytes += buf.len() as u64;
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 use tracing::info;
 
-use super::flv::{FlvError, Kind, Parser};
+use super::flv::{FlvError, Parser};
 use super::process::{self, LineLog};
 use super::state::SourcePhase;
 use super::{ffmpeg, notify, Shared};
@@ -66,10 +66,8 @@ pub async fn run(
         })
     };
 
-    hub.new_source();
     let mut parser = Parser::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut has_video_config = false;
     let mut read_any = false;
     let end = loop {
         tokio::select! {
@@ -87,17 +85,13 @@ pub async fn run(
                                 // The stream is being read: the relay is up.
                                 read_any = true;
                                 notify::ready();
-                                shared.board.source(SourcePhase::Live);
                             }
-                            if tag.kind == Kind::Video && tag.is_sequence_header() {
-                                has_video_config = true;
-                            }
-                            let shows = tag.is_keyframe()
-                                || (!has_video_config && tag.kind == Kind::Audio
-                                    && !tag.is_sequence_header());
-                            hub.publish(tag);
-                            if shows {
+                            if hub.publish(tag) {
+                                // This source's first picture: destinations can start, the
+                                // grace (if any) is over.
                                 shared.picture.send_if_modified(|p| !std::mem::replace(p, true));
+                                shared.board.source(SourcePhase::Live);
+                                shared.spliced.notify_one();
                             }
                         }
                         Ok(None) => break None,
@@ -109,7 +103,7 @@ pub async fn run(
                     break End::Garbled(e);
                 }
             }
-            _ = stop.wait_for(|s| *s) => {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                 log.set_quiet(true); // its complaints about being stopped
                 process::terminate(&mut child, stop_timeout).await?;
                 break End::Stopped;

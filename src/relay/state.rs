@@ -84,11 +84,11 @@ pub struct DestinationState {
     /// The socket's own counters (`tcp_info`), all sessions; absent when not readable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<super::tcpinfo::Totals>,
-    /// The current session's ffmpeg.
+    /// The current session's ffmpeg, for [`super::tcpinfo`].
     #[serde(skip)]
-    pid: Option<u32>,
+    pub(super) pid: Option<u32>,
     #[serde(skip)]
-    rate_mark: Option<(Instant, u64)>,
+    pub(super) rate_mark: Option<(Instant, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,6 +96,9 @@ pub struct DestinationState {
 pub enum SourcePhase {
     Starting,
     Live,
+    /// The publisher is gone; destinations get a frozen picture and silence until a new one
+    /// comes or the grace runs out (`grace_until`).
+    Grace,
     Ended,
 }
 
@@ -105,6 +108,8 @@ pub struct SourceState {
     pub since: u64,
     /// MediaMTX's id of the publisher being read.
     pub publisher: String,
+    /// While in grace: unix time at which the relay gives up on a new publisher.
+    pub grace_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,147 +123,140 @@ struct Snapshot<'a> {
     destinations: &'a [DestinationState],
 }
 
-struct Inner {
-    source: SourceState,
-    destinations: Vec<DestinationState>,
-}
-
-pub struct Board {
-    key: String,
-    started: u64,
-    inner: Mutex<Inner>,
-    changed: Notify,
-}
-
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
+impl DestinationState {
+    pub fn new(index: usize, platform: &str) -> Self {
+        DestinationState {
+            index,
+            platform: platform.to_owned(),
+            state: Phase::Waiting,
+            since: unix_now(),
+            bytes: 0,
+            bitrate: 0,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            retry_at: None,
+            queue_overflows: 0,
+            tcp: None,
+            pid: None,
+            rate_mark: None,
+        }
+    }
+
+    /// The fields whose change makes a new `STATUS=` line.
+    pub fn visible(&self) -> (Phase, Option<ErrorClass>, u32, usize) {
+        (self.state, self.last_error, self.attempts, self.index)
+    }
+
+    fn phase(&mut self, phase: Phase) {
+        if self.state != phase {
+            self.state = phase;
+            self.since = unix_now();
+        }
+    }
+
+    pub fn connecting(&mut self) {
+        self.phase(Phase::Connecting);
+        self.attempts += 1;
+        self.retry_at = None;
+        self.rate_mark = Some((Instant::now(), self.bytes));
+    }
+
+    pub fn live(&mut self) {
+        self.phase(Phase::Live);
+    }
+
+    pub fn healthy(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failed(&mut self, class: ErrorClass, retry_in: Duration) {
+        self.phase(Phase::Retrying);
+        self.failures += 1;
+        self.last_error = Some(class);
+        self.bitrate = 0;
+        self.retry_at = Some(unix_now() + retry_in.as_secs_f64().ceil() as u64);
+    }
+
+    pub fn stopped(&mut self) {
+        self.phase(Phase::Stopped);
+        self.bitrate = 0;
+        self.retry_at = None;
+    }
+
+    /// Updates the bitrate once a window has passed since the last update.
+    fn measure(&mut self, now: Instant) {
+        if let Some((at, bytes)) = self.rate_mark {
+            let elapsed = now.duration_since(at);
+            if elapsed >= RATE_WINDOW {
+                self.bitrate = ((self.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+                self.rate_mark = Some((now, self.bytes));
+            }
+        }
+        if self.state != Phase::Live {
+            self.bitrate = 0;
+        }
+    }
+}
+
+/// The relay as a whole: its stream, its source, and when anything changed.
+pub struct Board {
+    key: String,
+    started: u64,
+    source: Mutex<SourceState>,
+    changed: Notify,
+}
+
 impl Board {
-    pub fn new(key: &str, publisher: &str, platforms: &[&str]) -> Self {
+    pub fn new(key: &str, publisher: &str) -> Self {
         let now = unix_now();
         Board {
             key: key.to_owned(),
             started: now,
-            inner: Mutex::new(Inner {
-                source: SourceState {
-                    state: SourcePhase::Starting,
-                    since: now,
-                    publisher: publisher.to_owned(),
-                },
-                destinations: platforms
-                    .iter()
-                    .enumerate()
-                    .map(|(index, p)| DestinationState {
-                        index,
-                        platform: (*p).to_owned(),
-                        state: Phase::Waiting,
-                        since: now,
-                        bytes: 0,
-                        bitrate: 0,
-                        attempts: 0,
-                        failures: 0,
-                        last_error: None,
-                        retry_at: None,
-                        queue_overflows: 0,
-                        tcp: None,
-                        pid: None,
-                        rate_mark: None,
-                    })
-                    .collect(),
+            source: Mutex::new(SourceState {
+                state: SourcePhase::Starting,
+                since: now,
+                publisher: publisher.to_owned(),
+                grace_until: None,
             }),
             changed: Notify::new(),
         }
     }
 
-    fn update(&self, index: usize, f: impl FnOnce(&mut DestinationState)) {
-        let mut inner = self.inner.lock().unwrap();
-        let d = &mut inner.destinations[index];
-        let before = (d.state, d.last_error, d.attempts);
-        f(d);
-        if (d.state, d.last_error, d.attempts) != before {
-            drop(inner);
-            self.changed.notify_one();
-        }
-    }
-
-    fn phase(d: &mut DestinationState, phase: Phase) {
-        if d.state != phase {
-            d.state = phase;
-            d.since = unix_now();
-        }
-    }
-
-    pub fn connecting(&self, index: usize) {
-        self.update(index, |d| {
-            Self::phase(d, Phase::Connecting);
-            d.attempts += 1;
-            d.retry_at = None;
-            d.rate_mark = Some((Instant::now(), d.bytes));
-        });
-    }
-
-    pub fn live(&self, index: usize) {
-        self.update(index, |d| Self::phase(d, Phase::Live));
-    }
-
-    pub fn healthy(&self, index: usize) {
-        self.update(index, |d| {
-            d.failures = 0;
-        });
-    }
-
-    pub fn failed(&self, index: usize, class: ErrorClass, retry_in: Duration) {
-        self.update(index, |d| {
-            Self::phase(d, Phase::Retrying);
-            d.failures += 1;
-            d.last_error = Some(class);
-            d.bitrate = 0;
-            d.retry_at = Some(unix_now() + retry_in.as_secs_f64().ceil() as u64);
-        });
-    }
-
-    pub fn stopped(&self, index: usize) {
-        self.update(index, |d| {
-            Self::phase(d, Phase::Stopped);
-            d.bitrate = 0;
-            d.retry_at = None;
-        });
-    }
-
-    pub fn sent(&self, index: usize, bytes: usize) {
-        self.inner.lock().unwrap().destinations[index].bytes += bytes as u64;
-    }
-
-    pub fn overflowed(&self, index: usize, total: u64) {
-        self.inner.lock().unwrap().destinations[index].queue_overflows = total;
-    }
-
-    /// The destination's current ffmpeg (none between sessions), for [`super::tcpinfo`].
-    pub fn child(&self, index: usize, pid: Option<u32>) {
-        self.inner.lock().unwrap().destinations[index].pid = pid;
-    }
-
-    /// Samples every destination's TCP counters into the state.
-    pub fn sample_tcp(&self, sampler: &mut super::tcpinfo::Sampler) {
-        let pids: Vec<Option<u32>> = self.destinations().iter().map(|d| d.pid).collect();
-        let totals = sampler.sample(&pids);
-        let mut inner = self.inner.lock().unwrap();
-        for (d, t) in inner.destinations.iter_mut().zip(totals) {
-            d.tcp = t;
-        }
+    /// Something worth a new `STATUS=` line changed.
+    pub fn touch(&self) {
+        self.changed.notify_one();
     }
 
     pub fn source(&self, phase: SourcePhase) {
-        let mut inner = self.inner.lock().unwrap();
-        if inner.source.state != phase {
-            inner.source.state = phase;
-            inner.source.since = unix_now();
-            drop(inner);
-            self.changed.notify_one();
+        let mut source = self.source.lock().unwrap();
+        if source.state != phase {
+            source.state = phase;
+            source.since = unix_now();
+            if phase != SourcePhase::Grace {
+                source.grace_until = None;
+            }
+            drop(source);
+            self.touch();
         }
+    }
+
+    /// The publisher is gone; the relay waits for a new one until `until` (unix time).
+    pub fn grace(&self, until: u64) {
+        self.source(SourcePhase::Grace);
+        self.source.lock().unwrap().grace_until = Some(until);
+        self.touch();
+    }
+
+    pub fn publisher(&self, id: &str) {
+        self.source.lock().unwrap().publisher = id.to_owned();
+        self.touch();
     }
 
     /// Resolves when something worth publishing changed.
@@ -267,37 +265,30 @@ impl Board {
     }
 
     /// Updates the bitrates, then renders the `STATUS=` line and the state file's JSON.
-    pub fn render(&self) -> (String, String) {
-        let mut inner = self.inner.lock().unwrap();
+    pub fn render(&self, dests: &mut [DestinationState]) -> (String, String) {
         let now = Instant::now();
-        for d in &mut inner.destinations {
-            if let Some((at, bytes)) = d.rate_mark {
-                let elapsed = now.duration_since(at);
-                if elapsed >= RATE_WINDOW {
-                    d.bitrate = ((d.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-                    d.rate_mark = Some((now, d.bytes));
-                }
-            }
-            if d.state != Phase::Live {
-                d.bitrate = 0;
-            }
+        for d in dests.iter_mut() {
+            d.measure(now);
         }
-        let status = status_line(&inner.destinations, unix_now());
+        let source = self.source.lock().unwrap().clone();
+        let mut status = status_line(dests, unix_now());
+        if let (SourcePhase::Grace, Some(until)) = (source.state, source.grace_until) {
+            status = format!(
+                "publisher gone, waiting {} s for it | {status}",
+                until.saturating_sub(unix_now())
+            );
+        }
         let json = serde_json::to_string_pretty(&Snapshot {
             version: STATE_VERSION,
             stream: &self.key,
             pid: std::process::id(),
             started: self.started,
             updated: unix_now(),
-            source: &inner.source,
-            destinations: &inner.destinations,
+            source: &source,
+            destinations: dests,
         })
         .expect("the state serialises");
         (status, json)
-    }
-
-    pub fn destinations(&self) -> Vec<DestinationState> {
-        self.inner.lock().unwrap().destinations.clone()
     }
 }
 
@@ -356,15 +347,20 @@ pub fn write_file(dir: &Path, json: &str) -> std::io::Result<PathBuf> {
 mod tests {
     use super::*;
 
+    fn dest(index: usize, platform: &str) -> DestinationState {
+        DestinationState::new(index, platform)
+    }
+
     #[test]
     fn the_status_line_names_each_destination() {
-        let b = Board::new("k", "conn-1", &["youtube", "twitch", "facebook"]);
-        b.connecting(0);
-        b.live(0);
-        b.connecting(1);
-        b.failed(1, ErrorClass::Refused, Duration::from_secs(8));
-        b.connecting(2);
-        let (status, json) = b.render();
+        let b = Board::new("k", "conn-1");
+        let mut d = vec![dest(0, "youtube"), dest(1, "twitch"), dest(2, "facebook")];
+        d[0].connecting();
+        d[0].live();
+        d[1].connecting();
+        d[1].failed(ErrorClass::Refused, Duration::from_secs(8));
+        d[2].connecting();
+        let (status, json) = b.render(&mut d);
         assert_eq!(
             status,
             "3 destinations: 0 youtube live 0.0 Mb/s | 1 twitch retrying in 8 s (refused) | \
@@ -381,16 +377,28 @@ mod tests {
     }
 
     #[test]
+    fn the_grace_is_shown_with_the_seconds_left() {
+        let b = Board::new("k", "conn-1");
+        b.grace(unix_now() + 20);
+        let (status, json) = b.render(&mut [dest(0, "youtube")]);
+        assert!(status.starts_with("publisher gone, waiting 2"), "{status}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["source"]["state"], "grace");
+        assert!(v["source"]["grace_until"].as_u64().is_some());
+        b.source(SourcePhase::Live);
+        let (status, _) = b.render(&mut [dest(0, "youtube")]);
+        assert!(status.starts_with("1 destination:"), "{status}");
+    }
+
+    #[test]
     fn bitrates_come_from_the_bytes_sent() {
-        let b = Board::new("k", "", &["custom"]);
-        b.connecting(0);
-        b.live(0);
-        {
-            let mut inner = b.inner.lock().unwrap();
-            inner.destinations[0].rate_mark = Some((Instant::now() - Duration::from_secs(4), 0));
-        }
-        b.sent(0, 3_000_000);
-        let (status, _) = b.render();
+        let b = Board::new("k", "");
+        let mut d = vec![dest(0, "custom")];
+        d[0].connecting();
+        d[0].live();
+        d[0].rate_mark = Some((Instant::now() - Duration::from_secs(4), 0));
+        d[0].bytes += 3_000_000;
+        let (status, _) = b.render(&mut d);
         assert_eq!(status, "1 destination: 0 custom live 6.0 Mb/s");
     }
 
@@ -414,8 +422,9 @@ mod tests {
 
     #[test]
     fn newlines_never_reach_status() {
-        let mut d = Board::new("k", "", &["x"]).destinations();
-        d[0].platform = "a\nb".into();
+        let mut d = vec![dest(0, "a\nb")];
         assert!(!status_line(&d, 0).contains('\n'));
+        d[0].platform = "x\ry".into();
+        assert!(!status_line(&d, 0).contains('\r'));
     }
 }

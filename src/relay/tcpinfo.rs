@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -252,12 +253,21 @@ impl Netlink {
 /// Keeps each destination's totals across its sessions: a new ffmpeg (a new connection)
 /// starts its counters at zero, so what the previous one reached is carried over. Bytes
 /// acknowledged in the last moments of a connection, after the last sample, are not counted
-/// (at most one state period, 2 s).
-#[derive(Default)]
-pub struct Sampler {
-    destinations: Vec<Carry>,
+/// (at most one state period, 2 s). Destinations are told apart by their `Arc` (a weak
+/// reference is kept, so a removed destination's address is never taken for a new one's).
+pub struct Sampler<T> {
+    destinations: Vec<(Weak<T>, Carry)>,
     /// Logged once: sock_diag unusable (e.g. AF_NETLINK not allowed).
     failed: bool,
+}
+
+impl<T> Default for Sampler<T> {
+    fn default() -> Self {
+        Sampler {
+            destinations: Vec::new(),
+            failed: false,
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -267,14 +277,25 @@ struct Carry {
     current: Option<Sample>,
 }
 
-impl Sampler {
-    /// Samples the connections of the destinations' current ffmpeg children (`pids`, by
-    /// destination index); none for a destination without any.
-    pub fn sample(&mut self, pids: &[Option<u32>]) -> Vec<Option<Totals>> {
-        self.destinations.resize(pids.len(), Carry::default());
-        let inodes: Vec<Vec<u64>> = pids
+impl<T> Sampler<T> {
+    /// Samples the connections of each destination's current ffmpeg child (none for a
+    /// destination without one); the totals come back in the same order.
+    pub fn sample(&mut self, children: &[(&Arc<T>, Option<u32>)]) -> Vec<Option<Totals>> {
+        // Forget destinations that are gone; add new ones.
+        self.destinations.retain(|(w, _)| {
+            children
+                .iter()
+                .any(|(d, _)| Weak::ptr_eq(w, &Arc::downgrade(d)))
+        });
+        for (d, _) in children {
+            let w = Arc::downgrade(d);
+            if !self.destinations.iter().any(|(x, _)| Weak::ptr_eq(x, &w)) {
+                self.destinations.push((w, Carry::default()));
+            }
+        }
+        let inodes: Vec<Vec<u64>> = children
             .iter()
-            .map(|p| p.map_or_else(Vec::new, socket_inodes))
+            .map(|(_, p)| p.map_or_else(Vec::new, socket_inodes))
             .collect();
         let wanted: HashSet<u64> = inodes.iter().flatten().copied().collect();
         let samples = match query(&wanted) {
@@ -287,23 +308,27 @@ impl Sampler {
                     );
                     self.failed = true;
                 }
-                return vec![None; pids.len()];
+                return vec![None; children.len()];
             }
         };
-        pids.iter()
+        children
+            .iter()
             .zip(&inodes)
-            .zip(&mut self.destinations)
-            .map(|((pid, inodes), carry)| {
-                let now: Option<Sample> = {
-                    let found: Vec<&Sample> =
-                        inodes.iter().filter_map(|i| samples.get(i)).collect();
-                    (!found.is_empty()).then(|| Sample {
-                        bytes_acked: found.iter().map(|s| s.bytes_acked).sum(),
-                        bytes_sent: found.iter().map(|s| s.bytes_sent).sum(),
-                        rtt_us: found.iter().map(|s| s.rtt_us).max().unwrap_or(0),
-                        delivery_rate: found.iter().map(|s| s.delivery_rate).sum(),
-                    })
-                };
+            .map(|((d, pid), inodes)| {
+                let w = Arc::downgrade(d);
+                let carry = &mut self
+                    .destinations
+                    .iter_mut()
+                    .find(|(x, _)| Weak::ptr_eq(x, &w))
+                    .expect("added above")
+                    .1;
+                let found: Vec<&Sample> = inodes.iter().filter_map(|i| samples.get(i)).collect();
+                let now = (!found.is_empty()).then(|| Sample {
+                    bytes_acked: found.iter().map(|s| s.bytes_acked).sum(),
+                    bytes_sent: found.iter().map(|s| s.bytes_sent).sum(),
+                    rtt_us: found.iter().map(|s| s.rtt_us).max().unwrap_or(0),
+                    delivery_rate: found.iter().map(|s| s.delivery_rate).sum(),
+                });
                 carry.advance(*pid, now)
             })
             .collect()
@@ -418,6 +443,17 @@ mod tests {
         assert_eq!((t.bytes_acked, t.rtt_ms), (350, Some(2.0)));
         // the same ffmpeg reconnected
         assert_eq!(c.advance(Some(11), s(20)).unwrap().bytes_acked, 370);
+    }
+
+    #[test]
+    fn a_sampler_forgets_removed_destinations() {
+        let (a, b) = (Arc::new(1), Arc::new(2));
+        let mut s: Sampler<i32> = Sampler::default();
+        assert_eq!(s.sample(&[(&a, None), (&b, None)]), vec![None, None]);
+        assert_eq!(s.destinations.len(), 2);
+        s.sample(&[(&b, None)]);
+        assert_eq!(s.destinations.len(), 1);
+        assert!(Weak::ptr_eq(&s.destinations[0].0, &Arc::downgrade(&b)));
     }
 
     /// Against the real kernel: a loopback connection of this process is found and counted.

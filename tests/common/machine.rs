@@ -10,6 +10,8 @@
 //! The checkout is bound read-only at its own path (nspawn mounts a fresh /tmp, which would
 //! hide a checkout under /tmp), the test's scratch directory read-write.
 //!
+//! `Options::bare` leaves all of that out: a fresh host, for testing `install.sh`.
+//!
 //! It is always shut down: on drop (also when a test panics), and by `timeout` around
 //! systemd-nspawn if the test process dies without unwinding.
 
@@ -39,6 +41,9 @@ pub struct Options {
     pub units: Vec<(String, String)>,
     /// Units the test target pulls in at boot.
     pub wants: Vec<String>,
+    /// A machine with nothing of the project in it (no units, binary, polkit rule, user or
+    /// runtime directory), as a fresh host before `install.sh`.
+    pub bare: bool,
 }
 
 /// Fails (does not skip) when the harness cannot run here, naming what is missing.
@@ -79,8 +84,10 @@ impl Machine {
         let units = dir.join("units");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&units).unwrap();
-        for f in ["neustream-relay@.service", "neustream.slice"] {
-            std::fs::copy(Path::new(PROJECT).join("systemd").join(f), units.join(f)).unwrap();
+        if !options.bare {
+            for f in ["neustream-relay@.service", "neustream.slice"] {
+                std::fs::copy(Path::new(PROJECT).join("systemd").join(f), units.join(f)).unwrap();
+            }
         }
         let mut wants = vec![
             "dbus.socket".to_string(),
@@ -102,20 +109,27 @@ impl Machine {
         }
         let binary = env!("CARGO_BIN_EXE_neustream");
         let rules = Path::new(PROJECT).join("systemd/neustream.rules");
+        let installed = if options.bare {
+            String::new()
+        } else {
+            format!(
+                "--bind-ro={binary}:/usr/local/bin/neustream \
+                 --bind-ro={rules}:/etc/polkit-1/rules.d/50-neustream.rules",
+                rules = rules.display()
+            )
+        };
         let script = format!(
             "set -e; mount --make-rprivate /; mount --bind / {root}; \
              exec timeout --kill-after=10 {MAX_LIFETIME} systemd-nspawn -q -D {root} \
              --volatile=overlay -b --register=no --keep-unit --link-journal=no -M {name} \
              --bind-ro={project}:{project}:norbind \
              --bind-ro={units}:/run/systemd/system \
-             --bind-ro={binary}:/usr/local/bin/neustream \
-             --bind-ro={rules}:/etc/polkit-1/rules.d/50-neustream.rules \
+             {installed} \
              --bind={dir}:{dir}:norbind \
              -- systemd.unit=neustream-test.target",
             root = root.display(),
             project = PROJECT,
             units = units.display(),
-            rules = rules.display(),
             dir = dir.display(),
         );
         let log = std::fs::File::create(dir.join("nspawn.log")).unwrap();
@@ -141,7 +155,9 @@ impl Machine {
         };
         machine.pid1 = machine.find_pid1();
         machine.wait_booted();
-        machine.provision();
+        if !options.bare {
+            machine.provision();
+        }
         machine
     }
 

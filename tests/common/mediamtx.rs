@@ -137,6 +137,7 @@ impl Ingest {
             Options {
                 units: vec![(UNIT.to_string(), unit)],
                 wants: vec![],
+                ..Default::default()
             },
         );
         let (rtmp_port, api_port) = (super::free_port(), super::free_port());

@@ -4,6 +4,7 @@
 
 pub mod arrivals;
 pub mod control_plane_double;
+pub mod file_server;
 pub mod machine;
 pub mod media;
 pub mod mediamtx;
