@@ -89,9 +89,13 @@ fn relay(out: &mut String, r: &Relay, now: u64) {
     };
     let _ = write!(out, "{}  id {}  {}  {health}", r.key, r.id, r.unit);
     if let Some(s) = &r.state {
+        let grace = match (s.source.state.as_str(), s.source.grace_until) {
+            ("grace", Some(until)) => format!(" ({} s left)", until.saturating_sub(now)),
+            _ => String::new(),
+        };
         let _ = write!(
             out,
-            "  source {} for {}  publisher {}",
+            "  source {}{grace} for {}  publisher {}",
             s.source.state,
             age(now, s.source.since),
             if s.source.publisher.is_empty() {

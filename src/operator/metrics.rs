@@ -8,7 +8,7 @@ use super::report::{Health, Report};
 use super::StreamLabel;
 use crate::destination::platform_name;
 
-const SOURCE_STATES: [&str; 3] = ["starting", "live", "ended"];
+const SOURCE_STATES: [&str; 4] = ["starting", "live", "grace", "ended"];
 const HEALTHS: [(Health, &str); 4] = [
     (Health::Live, "live"),
     (Health::Degraded, "degraded"),
@@ -64,7 +64,14 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
     let mut source = Family::new(
         "neustream_relay_source_state",
         Gauge,
-        "1 for the state the relay's source (the ingest) is in: starting, live or ended.",
+        "1 for the state the relay's source (the ingest) is in: starting, live, grace (the \
+         publisher is gone, the relay waits for a new one) or ended.",
+    );
+    let mut grace = Family::new(
+        "neustream_relay_grace_end_timestamp_seconds",
+        Gauge,
+        "While the source is in grace: Unix time at which the relay stops waiting for a new \
+         publisher.",
     );
     let mut cpu = Family::new(
         "neustream_relay_cpu_seconds_total",
@@ -171,6 +178,9 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
             continue;
         };
         started.add(&s, state.started as f64);
+        if let (true, Some(until)) = (state.source.state == "grace", state.source.grace_until) {
+            grace.add(&s, until as f64);
+        }
         for st in SOURCE_STATES {
             source.add(
                 &[("stream", stream), ("state", st)],
@@ -219,6 +229,7 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         up,
         started,
         source,
+        grace,
         cpu,
         memory,
         restarts,
@@ -322,6 +333,23 @@ mod tests {
             !text.contains("secret"),
             "the key is only a label when asked for"
         );
+    }
+
+    #[test]
+    fn a_grace_has_its_end_time() {
+        let mut r = report();
+        let s = r.relays[0].state.as_mut().unwrap();
+        s.source.state = "grace".into();
+        s.source.grace_until = Some(s.updated + 30);
+        let until = s.updated + 30;
+        let text = render(&r, StreamLabel::Id, 0.0);
+        let id = crate::operator::stream_id("secret-ingest-key");
+        assert!(text.contains(&format!(
+            "neustream_relay_grace_end_timestamp_seconds{{stream=\"{id}\"}} {until}"
+        )));
+        assert!(text.contains(&format!(
+            "neustream_relay_source_state{{stream=\"{id}\",state=\"grace\"}} 1"
+        )));
     }
 
     #[test]

@@ -53,9 +53,14 @@ pub struct RelayState {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Source {
+    /// `starting`, `live`, `grace` (the publisher is gone, the relay waits for a new one) or
+    /// `ended`.
     pub state: String,
     pub since: u64,
     pub publisher: String,
+    /// While in grace: unix time at which the relay gives up waiting.
+    #[serde(default)]
+    pub grace_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -235,6 +235,19 @@ fn judge(
     if state.source.state == "ended" {
         return (Health::Down, Some("the source stream ended".into()));
     }
+    if state.source.state == "grace" {
+        let left = state
+            .source
+            .grace_until
+            .map_or(0, |u| u.saturating_sub(now));
+        return (
+            Health::Degraded,
+            Some(format!(
+                "the publisher is gone; the relay waits {left} s more for it (destinations get \
+                 a frozen picture)"
+            )),
+        );
+    }
     if !state.destinations.is_empty() && state.destinations.iter().all(|d| d.state == "live") {
         (Health::Live, None)
     } else {
@@ -324,6 +337,22 @@ mod tests {
         );
         assert_eq!(r.relays[0].health, Health::Unknown);
         assert_eq!(r.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_grace_is_not_live_and_says_how_long_it_lasts() {
+        let now = 50;
+        let mut s = state(now, &["live"]);
+        s.source.state = "grace".into();
+        s.source.grace_until = Some(now + 12);
+        let r = join(now, vec![entry("k1", s)], None, None, Some("no bus".into()));
+        assert_eq!(r.relays[0].health, Health::Degraded);
+        assert!(r.relays[0]
+            .problem
+            .as_ref()
+            .unwrap()
+            .contains("waits 12 s more"));
+        assert_eq!(r.exit_code(), 1);
     }
 
     #[test]
