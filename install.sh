@@ -87,6 +87,7 @@ if (( uninstall )); then
   [[ -f $MANIFEST ]] || die "nothing to uninstall: $MANIFEST (written by install.sh) is missing"
   log "stopping MediaMTX and every relay"
   systemctl disable --now mediamtx.service 2>/dev/null || true
+  systemctl disable --now neustream-refresh.timer neustream-reconcile.timer 2>/dev/null || true
   systemctl stop 'neustream-relay@*.service' 2>/dev/null || true
   systemctl disable --now neustream-metrics.socket neustream-metrics.service 2>/dev/null || true
   log "removing the files install.sh installed"
@@ -265,8 +266,9 @@ if [[ -f $STAGE/mediamtx ]]; then
   put "$STAGE/mediamtx" "$BIN_DIR/mediamtx" 0755
   record "$BIN_DIR/mediamtx"
 fi
-for unit in neustream-relay@.service neustream.slice mediamtx.service \
-  neustream-metrics.socket neustream-metrics.service; do
+for unit in neustream-relay@.service neustream.slice neustream-refresh.service neustream-refresh.timer \
+    neustream-reconcile.service neustream-reconcile.timer mediamtx.service \
+    neustream-metrics.socket neustream-metrics.service; do
   put "$SRC/systemd/$unit" "$UNIT_DIR/$unit" 0644
   record "$UNIT_DIR/$unit"
 done
@@ -365,6 +367,7 @@ if (( ${#changed[@]} )); then
   systemctl daemon-reload
 fi
 systemctl enable --quiet mediamtx.service
+systemctl enable --quiet --now neustream-refresh.timer neustream-reconcile.timer
 if ! systemctl is-active --quiet mediamtx.service; then
   log "starting mediamtx.service"
   systemctl start mediamtx.service

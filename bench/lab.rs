@@ -12,6 +12,7 @@ use crate::common::arrivals::Watcher;
 use crate::common::control_plane_double::ControlPlaneDouble;
 use crate::common::machine::{Machine, Options};
 use crate::common::{free_port, wait_for};
+use crate::layouts::Layout;
 use crate::rtmp::{destination_apps, http_get, push_apps, Nginx, Publisher};
 
 pub const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
@@ -149,6 +150,45 @@ impl Lab {
                 .map(|p| format!("      - dest: \"rtmp://127.0.0.1:{p}/{app}#$G1\"\n"))
                 .collect::<String>()
         };
+        // The ttff figure's paths (t<layout prefix>/<key>): MediaMTX's ready hook starts the
+        // floor reader (bench/floor.sh, to destination 0's `rec`) and the layout's own hook.
+        let bench = Path::new(PROJECT).join("bench");
+        let floor = format!(
+            "/bin/bash {}/floor.sh rtmp://127.0.0.1:{}/rec",
+            bench.display(),
+            d[0]
+        );
+        let mut ttff = String::new();
+        for layout in [
+            Layout::Neustream,
+            Layout::V1,
+            Layout::Restreamer,
+            Layout::Seed,
+        ] {
+            let (ready, unpublish) = layout.hooks().unwrap();
+            let abs = |c: &str| {
+                c.replace("neustream ", "/usr/local/bin/neustream ")
+                    .replace("bash ", "/bin/bash ")
+            };
+            ttff.push_str(&format!(
+                "  \"~^t{p}/(.+)$\":\n    runOnAvailable: {floor} {r}\n    runOnUnavailable: {u}\n",
+                p = layout.prefix(),
+                r = abs(&ready),
+                u = abs(&unpublish),
+            ));
+        }
+        ttff.push_str(&format!(
+            "  \"~^tf/(.+)$\":\n    runOnAvailable: {floor}\n    forward:\n{}",
+            forward("rec")
+        ));
+        // The start storm's paths of the shell-hook baselines v1 and restreamer.
+        for (prefix, layout) in [("v1", Layout::V1), ("rs", Layout::Restreamer)] {
+            let (ready, unpublish) = layout.hooks().unwrap();
+            ttff.push_str(&format!(
+                "  \"~^{prefix}/(.+)$\":\n    runOnAvailable: /bin/{ready}\n    \
+                 runOnUnavailable: /bin/{unpublish}\n"
+            ));
+        }
         let config = format!(
             "logLevel: warn\nlogDestinations: [stdout]\n\
              readTimeout: 10s\nwriteTimeout: 10s\nwriteQueueSize: 512\n\
@@ -166,6 +206,7 @@ impl Lab {
              \x20 \"~^fwd/(.+)$\":\n    forward:\n{fl}\
              \x20 \"~^fwdrec/(.+)$\":\n    forward:\n{fr}\
              \x20 \"~^fwdhead/(.+)$\":\n    forward:\n{fh}\
+             {ttff}\
              \x20 all_others:\n",
             api = self.mtx_api,
             port = self.mtx_port,
@@ -322,10 +363,37 @@ impl Lab {
             .expect("wait for nsenter")
     }
 
-    /// Relay processes inside the machine (neustream relays and their ffmpeg; the seed's
-    /// ffmpeg), as host pids.
-    pub fn relay_pids(&self) -> Vec<i32> {
-        crate::procs::named_descendants(self.machine.pid1, &["neustream", "ffmpeg"])
+    /// Every process of every relay unit's cgroup (`neustream-relay@*.service`: the relay,
+    /// its source ffmpeg, one ffmpeg per destination), as host pids. Hooks (`neustream
+    /// ready`) run outside these cgroups and are not counted.
+    pub fn relay_unit_pids(&self) -> Vec<i32> {
+        crate::procs::descendants(self.machine.pid1)
+            .into_iter()
+            .filter(|p| {
+                crate::procs::unit_of(*p).is_some_and(|u| u.starts_with("neustream-relay@"))
+            })
+            .collect()
+    }
+
+    /// The ffmpegs the shell-hook baselines (v1, restreamer, seed) started inside the
+    /// machine, outside any relay unit; not the ttff figure's plain readers (`floor` in
+    /// their command line).
+    pub fn hook_ffmpeg_pids(&self) -> Vec<i32> {
+        crate::procs::named_descendants(self.machine.pid1, &["ffmpeg"])
+            .into_iter()
+            .filter(|p| {
+                !crate::procs::unit_of(*p).is_some_and(|u| u.starts_with("neustream-relay@"))
+                    && !crate::procs::cmdline(*p).contains("-floor")
+            })
+            .collect()
+    }
+
+    /// The restreamer baseline's restart loops (bash, `$0` = restreamer).
+    pub fn restreamer_loops(&self) -> Vec<i32> {
+        crate::procs::named_descendants(self.machine.pid1, &["bash"])
+            .into_iter()
+            .filter(|p| crate::procs::cmdline(*p).contains("\0restreamer\0"))
+            .collect()
     }
 
     /// Relay units in one of `states` (active, activating, deactivating...).

@@ -1,9 +1,14 @@
-//! The four ways of relaying a stream to its destinations that the benchmark compares, each
+//! The ways of relaying a stream to its destinations that the benchmark compares, each
 //! started and stopped for many streams at once.
 //!
 //! - neustream: MediaMTX ingest; `neustream ready` (inside the systemd machine, as user
-//!   mediamtx) starts `neustream-relay@<key>.service`: one ffmpeg with one fifo output per
-//!   destination.
+//!   mediamtx) starts `neustream-relay@<key>.service` (relay v2): the relay process, a source
+//!   ffmpeg reading the ingest into an FLV pipe, and one ffmpeg per destination fed by the
+//!   relay (1 + N ffmpegs in the unit's cgroup).
+//! - v1: the previous relay's ffmpeg (bench/v1/ready.sh): one ffmpeg per stream with one
+//!   `-f fifo` output per destination, exactly v1's command line, started by a shell hook.
+//! - restreamer: datarhei Restreamer's layout (bench/restreamer/ready.sh): one ffmpeg per
+//!   destination, each reading the ingest itself, each restarted alone.
 //! - seed: MediaMTX ingest; the original shell hook starts one detached ffmpeg with one
 //!   `-f flv` output per destination.
 //! - mediamtx: MediaMTX 1.21's native per-path `forward:` list (no hook, no process).
@@ -19,15 +24,22 @@ use crate::{progress, sleep};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Neustream,
+    V1,
+    Restreamer,
     Seed,
     Forward,
     Push,
 }
 
+/// Baselines `--baselines` can name, in report order.
+pub const BASELINES: [&str; 5] = ["v1", "restreamer", "seed", "mediamtx", "nginx"];
+
 impl Layout {
     pub fn name(self) -> &'static str {
         match self {
-            Layout::Neustream => "neustream",
+            Layout::Neustream => "neustream (relay v2)",
+            Layout::V1 => "v1 (1 ffmpeg, fifo outputs)",
+            Layout::Restreamer => "per-destination ffmpeg reading the ingest",
             Layout::Seed => "seed (1 ffmpeg, N flv outputs)",
             Layout::Forward => "MediaMTX forward",
             Layout::Push => "nginx-rtmp push",
@@ -37,6 +49,12 @@ impl Layout {
     /// The layouts to run: neustream and the baselines asked for.
     pub fn selected(opts: &crate::Opts) -> Vec<Layout> {
         let mut v = vec![Layout::Neustream];
+        if opts.baseline("v1") {
+            v.push(Layout::V1);
+        }
+        if opts.baseline("restreamer") {
+            v.push(Layout::Restreamer);
+        }
         if opts.baseline("seed") {
             v.push(Layout::Seed);
         }
@@ -49,22 +67,54 @@ impl Layout {
         v
     }
 
-    fn prefix(self) -> &'static str {
+    pub fn prefix(self) -> &'static str {
         match self {
             Layout::Neustream => "n",
+            Layout::V1 => "v",
+            Layout::Restreamer => "r",
             Layout::Seed => "s",
             Layout::Forward => "f",
             Layout::Push => "p",
         }
     }
 
-    /// Processes that relay (inside the machine), as host pids; the ingest does it for
+    /// Processes that relay (inside the machine), as host pids: for neustream every process
+    /// of the relay units' cgroups (`neustream relay`, its source ffmpeg and one ffmpeg per
+    /// destination); for the shell-hook baselines their ffmpegs. The ingest does it for
     /// MediaMTX forward and nginx push.
     pub fn relay_pids(self, lab: &Lab) -> Vec<i32> {
         match self {
-            Layout::Neustream | Layout::Seed => lab.relay_pids(),
+            Layout::Neustream => lab.relay_unit_pids(),
+            Layout::V1 | Layout::Restreamer | Layout::Seed => lab.hook_ffmpeg_pids(),
             Layout::Forward | Layout::Push => vec![],
         }
+    }
+
+    /// Everything of this layout still running (its relays, and the restart loops of the
+    /// restreamer baseline), for "all stopped" checks.
+    pub fn leftover_pids(self, lab: &Lab) -> Vec<i32> {
+        let mut pids = self.relay_pids(lab);
+        if self == Layout::Restreamer {
+            pids.extend(lab.restreamer_loops());
+        }
+        pids
+    }
+
+    /// The shell hooks of a baseline started from a hook (ready, unpublish).
+    pub fn hooks(self) -> Option<(String, String)> {
+        let dir = match self {
+            Layout::V1 => "v1",
+            Layout::Restreamer => "restreamer",
+            Layout::Seed => "seed",
+            Layout::Neustream => {
+                return Some(("neustream ready".into(), "neustream unpublish".into()))
+            }
+            Layout::Forward | Layout::Push => return None,
+        };
+        Some((
+            format!("bash {PROJECT}/bench/{dir}/ready.sh"),
+            format!("bash {PROJECT}/bench/{dir}/unpublish.sh"),
+        ))
     }
 
     pub fn ingest_pids(self, lab: &Lab) -> Vec<i32> {
@@ -113,19 +163,16 @@ impl Streams {
         let keys: Vec<String> = (0..n)
             .map(|i| format!("{}{tag}{i}", layout.prefix()))
             .collect();
-        let seed = format!("{PROJECT}/bench/seed");
         let publishers = match layout {
-            Layout::Neustream | Layout::Seed => {
+            Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => {
                 for k in &keys {
                     lab.add_stream(k, app, &Lab::dest_names(k));
                 }
                 let paths: Vec<String> = keys.iter().map(|k| format!("live/{k}")).collect();
                 let pubs = lab.publish_mtx(&paths);
-                if layout == Layout::Neustream {
-                    run_hooks(lab, &keys, "neustream ready", 10);
-                } else {
-                    run_hooks(lab, &keys, &format!("bash {seed}/ready.sh"), 50);
-                }
+                let (ready, _) = layout.hooks().unwrap();
+                let parallel = if layout == Layout::Neustream { 10 } else { 50 };
+                run_hooks(lab, &keys, &ready, parallel);
                 pubs
             }
             Layout::Forward => {
@@ -192,16 +239,18 @@ impl Streams {
 
     /// Stops the relays and the publishers; waits until nothing of this layout is left.
     pub fn stop(mut self, lab: &Lab) {
-        let seed = format!("{PROJECT}/bench/seed");
-        match self.layout {
-            Layout::Neustream => run_hooks(lab, &self.keys, "neustream unpublish", 10),
-            Layout::Seed => run_hooks(lab, &self.keys, &format!("bash {seed}/unpublish.sh"), 50),
-            _ => {}
+        if let Some((_, unpublish)) = self.layout.hooks() {
+            let parallel = if self.layout == Layout::Neustream {
+                10
+            } else {
+                50
+            };
+            run_hooks(lab, &self.keys, &unpublish, parallel);
         }
         stop_all(&mut self.publishers);
         let gone = wait_for(Duration::from_secs(30), Duration::from_millis(250), || {
             let left = self.stats(lab).iter().map(Vec::len).sum::<usize>()
-                + self.layout.relay_pids(lab).len();
+                + self.layout.leftover_pids(lab).len();
             (left == 0).then_some(())
         });
         if gone.is_none() {

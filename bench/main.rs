@@ -4,7 +4,7 @@
 //! stream goes live, what a relay costs and how many streams the box carries, and prints a
 //! Markdown report. See docs/performance.md for what each figure measures and how.
 //!
-//! Figures: latency ttff cost scale storm recovery scrape (default: all). Options (also
+//! Figures: latency ttff join cost scale storm recovery scrape (default: all). Options (also
 //! `--quick` for a short run of every figure): see `usage()`.
 
 #[path = "../tests/common/mod.rs"]
@@ -16,11 +16,12 @@ mod layouts;
 mod procs;
 mod rtmp;
 mod stats;
+mod tap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const FIGURES: [&str; 7] = [
-    "latency", "ttff", "cost", "scale", "storm", "recovery", "scrape",
+pub const FIGURES: [&str; 8] = [
+    "latency", "ttff", "join", "cost", "scale", "storm", "recovery", "scrape",
 ];
 
 /// Sizes and repetitions of every figure.
@@ -40,7 +41,7 @@ pub struct Opts {
     pub outage: f64,
     pub scrape_relays: usize,
     pub scrape_runs: usize,
-    /// Baselines to run beside neustream: seed, nginx, mediamtx.
+    /// Baselines to run beside neustream: v1, restreamer, seed, mediamtx, nginx.
     pub baselines: Vec<String>,
     pub profile: bool,
     pub out: Option<String>,
@@ -63,7 +64,7 @@ impl Default for Opts {
             outage: 6.0,
             scrape_relays: 100,
             scrape_runs: 50,
-            baselines: vec!["seed".into(), "nginx".into(), "mediamtx".into()],
+            baselines: layouts::BASELINES.iter().map(|s| s.to_string()).collect(),
             profile: true,
             out: None,
         }
@@ -75,8 +76,8 @@ impl Opts {
         Opts {
             latency_runs: 30,
             seed_latency_runs: 3,
-            ttff_runs: 6,
-            seed_ttff_runs: 4,
+            ttff_runs: 3,
+            seed_ttff_runs: 2,
             cost_sizes: vec![1, 10],
             window: 10.0,
             scale_sizes: vec![20, 40],
@@ -95,13 +96,13 @@ impl Opts {
 
 fn usage() -> &'static str {
     "usage: bench/run.sh [FIGURE...] [OPTION...]\n\
-     figures: latency ttff cost scale storm recovery scrape (default: all)\n\
+     figures: latency ttff join cost scale storm recovery scrape (default: all)\n\
      options:\n\
-     \x20 --quick                    small sizes for every figure (a few minutes in all)\n\
+     \x20 --quick                    small sizes for every figure (about 15 minutes in all)\n\
      \x20 --latency-runs N           hook runs for figure 1 (200)\n\
      \x20 --seed-latency-runs N      seed hook runs for figure 1 (10; each takes > 4 s)\n\
-     \x20 --ttff-runs N              runs for figure 2 (20)\n\
-     \x20 --seed-ttff-runs N         seed runs for figure 2 (20)\n\
+     \x20 --ttff-runs N              publishes per layout for figure 2, and joins of figure 2b (20)\n\
+     \x20 --seed-ttff-runs N         seed runs for figures 2 and 2b (20)\n\
      \x20 --cost-sizes A,B,C         streams for figure 3 (1,10,50)\n\
      \x20 --window SECONDS           steady-state measuring window of figure 3 (20)\n\
      \x20 --scale-sizes A,B,...      stream counts tried in figure 4, in order, until one fails\n\
@@ -110,9 +111,10 @@ fn usage() -> &'static str {
      \x20 --storm-streams A,B        streams of figure 5, one storm per count (100)\n\
      \x20 --recovery-runs N          outages per layout in figure 6 (3)\n\
      \x20 --outage SECONDS           how long a destination stays away in figure 6 (6)\n\
-     \x20 --scrape-relays N         relays (state files and units) for figure 7 (100)\n\
-     \x20 --scrape-runs N           timed scrapes for figure 7 (50)\n\
-     \x20 --baselines a,b            which of seed,nginx,mediamtx to run beside neustream (all)\n\
+     \x20 --scrape-relays N         relays (state files and units) for figure scrape (100)\n\
+     \x20 --scrape-runs N           timed scrapes for figure scrape (50)\n\
+     \x20 --baselines a,b            which of v1,restreamer,seed,mediamtx,nginx to run beside\n\
+     \x20                            neustream (all; `--baselines ''` for none)\n\
      \x20 --no-profile               skip the hook profile printed when figure 1 misses its goal\n\
      \x20 --out FILE                 also write the report to FILE\n"
 }
@@ -181,7 +183,7 @@ fn parse_args() -> Result<Opts, String> {
         opts.figures = figures;
     }
     for b in &opts.baselines {
-        if !["seed", "nginx", "mediamtx"].contains(&b.as_str()) {
+        if !layouts::BASELINES.contains(&b.as_str()) {
             return Err(format!("unknown baseline: {b}"));
         }
     }
@@ -303,6 +305,7 @@ fn main() {
         let section = match figure.as_str() {
             "latency" => figures::latency::run(&opts),
             "ttff" => figures::ttff::run(&opts),
+            "join" => figures::join::run(&opts),
             "cost" => figures::cost::run(&opts),
             "scale" => figures::scale::run(&opts),
             "storm" => figures::storm::run(&opts),

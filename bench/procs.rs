@@ -52,6 +52,31 @@ pub fn comm(pid: i32) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The command line of a process, its arguments joined by NUL.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The systemd unit whose cgroup holds a process: the last `*.service` component of its path
+/// in systemd's hierarchy (`name=systemd` on a cgroup-v1 host, the unified one on v2), e.g.
+/// `neustream-relay@abc.service`.
+pub fn unit_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("1:name=systemd:"))
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.split_once(":name=systemd:").map(|x| x.1))
+        })
+        .or_else(|| text.lines().find_map(|l| l.strip_prefix("0::")))?;
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service"))
+        .map(String::from)
+}
+
 pub fn alive(pid: i32) -> bool {
     stat(pid).is_some_and(|s| s.0 != 'Z')
 }

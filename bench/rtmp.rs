@@ -52,6 +52,9 @@ pub struct Nginx {
     pub port: u16,
     pub http_port: u16,
     pub dir: PathBuf,
+    /// When it first accepted a TCP connection (unix seconds; polled every 2 ms from its
+    /// start).
+    pub listening_at: f64,
     child: Option<Child>,
 }
 
@@ -111,15 +114,19 @@ impl Nginx {
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start nginx");
-        let server = Nginx {
+        let mut server = Nginx {
             port,
             http_port,
             dir: dir.into(),
+            listening_at: f64::NAN,
             child: Some(child),
         };
-        let up = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let up = wait_for(Duration::from_secs(10), Duration::from_millis(2), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| crate::common::arrivals::now())
         });
+        server.listening_at = up.unwrap_or(f64::NAN);
         assert!(
             up.is_some(),
             "nginx did not listen on 127.0.0.1:{port}; see {}/error.log",

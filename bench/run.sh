@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The Neustream benchmark: builds in release mode and measures, on this machine, how fast a
 # stream goes live, what a relay costs and how many streams the box carries, side by side
-# with the baselines (the original shell hook "seed", nginx-rtmp push, MediaMTX forward).
-# Everything runs on 127.0.0.1; a real systemd runs in ephemeral systemd-nspawn machines.
+# with the baselines: "v1" (the previous relay's ffmpeg, bench/v1), "restreamer" (one ffmpeg
+# per destination reading the ingest, bench/restreamer), "seed" (the original shell hook,
+# bench/seed), MediaMTX forward and nginx-rtmp push. docs/performance.md says how each figure
+# is measured. Everything runs on 127.0.0.1; a real systemd runs in ephemeral systemd-nspawn
+# machines.
 #
-#   bench/run.sh                          every figure, full sizes (about an hour)
+#   bench/run.sh                          every figure, full sizes (about 70 minutes)
 #   bench/run.sh --quick                  every figure, small sizes (about 15 minutes)
-#   bench/run.sh latency ttff             some figures: latency ttff cost scale storm recovery scrape
-#   bench/run.sh cost --cost-sizes 1,10 --window 10 --baselines seed
+#   bench/run.sh ttff cost recovery       some figures: latency ttff join cost scale storm recovery scrape
+#   bench/run.sh cost --cost-sizes 1,10 --window 10 --baselines v1,seed
 #   bench/run.sh --help                   every option
 #
 # The Markdown report goes to stdout and to target/bench/report-<UTC time>.md; progress goes

@@ -58,9 +58,10 @@ pub fn secs(seconds: f64) -> String {
     format!("{seconds:.2} s")
 }
 
-/// `a / b` as "0.42×", or "–".
+/// `a / b` as "0.42×", or "–" (also when `b` is not positive: a baseline's cost measured
+/// as zero or below, i.e. within the noise).
 pub fn ratio(a: f64, b: f64) -> String {
-    if !a.is_finite() || !b.is_finite() || b == 0.0 {
+    if !a.is_finite() || !b.is_finite() || b <= 0.0 {
         return "–".into();
     }
     let r = a / b;

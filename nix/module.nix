@@ -152,6 +152,10 @@ let
 
   environmentFileString = toString cfg.environmentFile; # never "${...}": that would copy a path
   streamsFileString = toString cfg.streamsFile;
+
+  # The session records' directory (NEUSTREAM_STATE_DIR's default).
+  stateDir = "/var/lib/neustream";
+  reconcileStopped = "${neustreamExe} reconcile --mediamtx-stopped --timeout 5s";
 in
 {
   options.services.neustream = {
@@ -219,6 +223,19 @@ in
       type = types.bool;
       default = false;
       description = "Whether to open {option}`services.neustream.rtmpPort` in the firewall.";
+    };
+
+    reconcile.interval = mkOption {
+      type = types.str;
+      default = "1min";
+      example = "30s";
+      description = ''
+        How often neustream-reconcile.timer runs `neustream reconcile`, which sends every
+        stream-end the Control Plane has not confirmed yet (it was down when the stream ended)
+        and ends sessions whose publisher vanished without an unpublish hook. A systemd time
+        span (`OnUnitActiveSec=`). MediaMTX's unit also runs it whenever MediaMTX stops, fails
+        or starts.
+      '';
     };
 
     relay = {
@@ -436,6 +453,10 @@ in
         assertion = (effectiveSettings.NEUSTREAM_RUNTIME_DIR or runtimeDir) == runtimeDir;
         message = "services.neustream.settings.NEUSTREAM_RUNTIME_DIR must be ${runtimeDir} (or unset): the relay unit reads its per-stream files from there.";
       }
+      {
+        assertion = (effectiveSettings.NEUSTREAM_STATE_DIR or stateDir) == stateDir;
+        message = "services.neustream.settings.NEUSTREAM_STATE_DIR must be ${stateDir} (or unset): the module creates it for the MediaMTX user and lets mediamtx.service and neustream-reconcile.service write there.";
+      }
     ];
 
     environment.systemPackages = [ cfg.package ];
@@ -468,12 +489,32 @@ in
     };
     users.groups.mediamtx = { };
 
+    # Durable session records (no secrets), kept across reboots until the Control Plane
+    # confirms each stream's end. tmpfiles, not StateDirectory=: nixpkgs runs MediaMTX with
+    # DynamicUser=yes, which would put a StateDirectory under /var/lib/private, out of reach of
+    # neustream-reconcile.service.
+    systemd.tmpfiles.rules = [
+      "d ${stateDir} 0700 ${mtxUser} ${mtxUser} -"
+      "d ${stateDir}/sessions 0700 ${mtxUser} ${mtxUser} -"
+    ];
+
     systemd.services.mediamtx = {
-      # The hooks start and stop relays over the system bus (polkit decides).
+      # The hooks start and stop relays over the system bus (polkit decides); at shutdown
+      # MediaMTX stops, and its ExecStopPost reports the ends, before D-Bus and polkit go.
       wants = [ "dbus.socket" ];
-      after = [ "dbus.socket" ];
+      after = [
+        "dbus.socket"
+        "dbus.service"
+        "polkit.service"
+      ];
       serviceConfig = lib.mkMerge [
         {
+          # No publisher is live while MediaMTX is not running: before it starts (boot,
+          # restart) and once it stopped or failed (kill -9, OOM), end every recorded session,
+          # stop every relay and report the ends; bounded, "-" so that it never blocks MediaMTX.
+          ExecStartPre = [ "-${reconcileStopped}" ];
+          ExecStopPost = [ "-${reconcileStopped}" ];
+          ReadWritePaths = [ stateDir ];
           # Secrets for the hooks (CONTROL_PLANE_TOKEN); MediaMTX passes its environment on.
           EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
           # The hooks write one <key>.env per stream here (secrets: destination stream keys);
@@ -550,6 +591,36 @@ in
         MemoryMax = cfg.relay.memoryMax;
         RestartSec = cfg.relay.restartSec;
       };
+    };
+
+    # ---- neustream-reconcile.service and .timer from the package; the module's secrets and
+    # interval as drop-ins.
+    systemd.services.neustream-reconcile = {
+      overrideStrategy = "asDropin";
+      serviceConfig = {
+        # The hooks' user: it owns the records and locks; the polkit rule names it.
+        User = mtxUser;
+        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+      };
+    };
+    systemd.timers.neustream-reconcile = {
+      overrideStrategy = "asDropin";
+      wantedBy = [ "timers.target" ];
+      timerConfig.OnUnitActiveSec = cfg.reconcile.interval;
+    };
+
+    # ---- neustream-refresh.service and .timer from the package (changed destinations of live
+    # streams; NEUSTREAM_REFRESH_INTERVAL in settings, 0 off).
+    systemd.services.neustream-refresh = {
+      overrideStrategy = "asDropin";
+      serviceConfig = {
+        User = mtxUser;
+        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+      };
+    };
+    systemd.timers.neustream-refresh = {
+      overrideStrategy = "asDropin";
+      wantedBy = [ "timers.target" ];
     };
 
     networking.firewall.allowedTCPPorts =

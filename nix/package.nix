@@ -47,10 +47,14 @@ rustPlatform.buildRustPackage {
     ''
       # The units reference the binary as /usr/local/bin/neustream (Debian layout).
       install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice \
+        systemd/neustream-reconcile.service systemd/neustream-reconcile.timer \
+        systemd/neustream-refresh.service systemd/neustream-refresh.timer \
         systemd/neustream-metrics.socket systemd/neustream-metrics.service
-      substituteInPlace $out/lib/systemd/system/neustream-relay@.service \
-        $out/lib/systemd/system/neustream-metrics.service \
-        --replace-fail /usr/local/bin/neustream $out/bin/neustream
+      for unit in neustream-relay@.service neustream-reconcile.service neustream-refresh.service \
+        neustream-metrics.service; do
+        substituteInPlace $out/lib/systemd/system/$unit \
+          --replace-fail /usr/local/bin/neustream $out/bin/neustream
+      done
       install -Dm444 systemd/neustream.rules $out/share/polkit-1/rules.d/50-neustream.rules
       install -Dm444 systemd/neustream.tmpfiles.conf $out/lib/tmpfiles.d/neustream.conf
       install -Dm444 systemd/neustream.sysusers.conf $out/lib/sysusers.d/neustream.conf

@@ -21,7 +21,11 @@ destinations.\n\n\
 MediaMTX runs `neustream ready` when a stream is published (runOnAvailable; runOnReady \
 before MediaMTX 1.19.3) and `neustream unpublish` when it ends (runOnUnavailable, runOnNotReady). `ready` writes the stream's destinations to \
 /run/neustream/streams/<key>.env and starts neustream-relay@<key>.service over D-Bus; that \
-unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination."
+unit runs `neustream relay <key>`, one ffmpeg copying the stream to every destination.\n\n\
+Every session the Control Plane accepted is recorded in /var/lib/neustream/sessions/<key>.json \
+until the Control Plane confirms its end; `neustream reconcile` (neustream-reconcile.timer, and \
+mediamtx.service when MediaMTX stops or starts) ends sessions whose publisher is gone and sends \
+every pending stream-end."
 )]
 pub struct Cli {
     /// Settings file of KEY=VALUE lines, read before the variables below; variables already set
@@ -51,6 +55,10 @@ pub enum Command {
     /// MediaMTX runOnUnavailable (runOnNotReady): stop the stream's relay unit, remove its env file and report the
     /// end of the stream to the Control Plane.
     Unpublish(HookArgs),
+    /// End every recorded session whose publisher is gone and send every pending stream-end
+    /// (neustream-reconcile.service, run every minute by neustream-reconcile.timer, and by
+    /// mediamtx.service when MediaMTX stops and starts). Idempotent; safe at any time.
+    Reconcile(ReconcileArgs),
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
     /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
@@ -61,6 +69,9 @@ pub enum Command {
     /// ExecStart of neustream-metrics.service: serve GET /metrics (Prometheus text format) on
     /// the socket systemd passes, or on --listen; --once prints one scrape.
     Metrics(MetricsArgs),
+    /// Fetch the destinations of live streams again and apply what changed to their running
+    /// relays (neustream-refresh.timer; by hand for one KEY).
+    Refresh(RefreshArgs),
     /// ExecReload=+ of neustream-relay@.service (as root): hand the stream's env file to its
     /// running relay (a new publisher, changed destinations) over the relay's control socket.
     RelayReload(RelayReloadArgs),
@@ -171,6 +182,16 @@ pub struct HookSettings {
     )]
     pub runtime_dir: PathBuf,
 
+    /// Directory of the durable session records (sessions/<key>.json): every session the
+    /// Control Plane accepted and has not yet confirmed ended. Survives reboots.
+    #[arg(
+        long,
+        env = "NEUSTREAM_STATE_DIR",
+        default_value = "/var/lib/neustream",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+
     /// Time allowed for authenticating a key, retries included (e.g. 5s, 1500ms).
     #[arg(long, env = "NEUSTREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -180,7 +201,8 @@ pub struct HookSettings {
           value_parser = parse_duration)]
     pub forwarding_timeout: Duration,
 
-    /// Time allowed for reporting the end of a stream, retries with backoff included.
+    /// Time allowed for reporting the end of a stream, retries with backoff included; a
+    /// stream-end not confirmed by then stays queued for `neustream reconcile`.
     #[arg(long, env = "NEUSTREAM_STREAM_END_TIMEOUT", default_value = "30s",
           value_parser = parse_duration)]
     pub stream_end_timeout: Duration,
@@ -195,6 +217,40 @@ pub struct HookSettings {
     /// so that a stop that ends in SIGKILL still reports its result.
     #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RefreshArgs {
+    /// One stream key, refreshed now; without it, every live stream whose destinations were
+    /// not checked for NEUSTREAM_REFRESH_INTERVAL.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// How often the timer's run checks a live stream's destinations (e.g. 60s); 0 turns the
+    /// timer's checks off (`refresh KEY` still works).
+    #[arg(long, env = "NEUSTREAM_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_grace)]
+    pub interval: Duration,
+
+    #[command(flatten)]
+    pub settings: HookSettings,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// MediaMTX is not running (its unit's ExecStopPost= and ExecStartPre=): no publisher can
+    /// be live, so every recorded session ends and every relay unit is stopped, without
+    /// asking MediaMTX's API.
+    #[arg(long)]
+    pub mediamtx_stopped: bool,
+
+    /// Longest this run may take; stream-ends still unconfirmed then stay queued for the
+    /// next run. Keeps timer runs from piling up.
+    #[arg(long, env = "NEUSTREAM_RECONCILE_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub settings: HookSettings,
 }
 
 #[derive(Args, Debug)]
@@ -256,7 +312,7 @@ pub struct RelayArgs {
 
     /// Directory of the relay's state file (state.json) and control socket; default: the
     /// unit's runtime directory ($RUNTIME_DIRECTORY).
-    #[arg(long, env = "NEUSTREAM_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = "NEUSTREAM_RELAY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
 

@@ -245,10 +245,11 @@ mod tests {
             assert_eq!(back.destinations[i].server(), *server);
             assert_eq!(back.destinations[i].key(), *key);
         }
-        // One line per variable: no value can start a line of its own.
+        // One line per variable (5 + the grace + 3 per destination): no value can start a
+        // line of its own.
         assert_eq!(
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            5 + 3 * dests.len()
+            6 + 3 * dests.len()
         );
     }
 

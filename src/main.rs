@@ -11,6 +11,7 @@ mod logging;
 mod mediamtx;
 mod operator;
 mod relay;
+mod sessions;
 mod stream_key;
 mod streamdir;
 mod streams_file;

@@ -1,5 +1,7 @@
-//! MediaMTX's Control API (v3): disconnecting a publisher we refused.
+//! MediaMTX's Control API (v3): disconnecting a publisher we refused, and which paths have a
+//! publisher now.
 
+use std::collections::HashMap;
 use std::time::Duration;
 use url::Url;
 
@@ -15,6 +17,93 @@ pub enum MediaMtxError {
     NoSourceId,
     #[error("POST {url} failed: {detail}")]
     Request { url: String, detail: String },
+    #[error("GET {url} failed: {detail}")]
+    List { url: String, detail: String },
+}
+
+/// Pages of `/v3/paths/list` read at most (of [`PAGE_SIZE`] paths each).
+const MAX_PAGES: u32 = 100;
+const PAGE_SIZE: u32 = 1000;
+
+#[derive(serde::Deserialize)]
+struct PathList {
+    #[serde(rename = "pageCount", default)]
+    page_count: u32,
+    #[serde(default)]
+    items: Vec<ApiPath>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiPath {
+    name: String,
+    #[serde(default)]
+    source: Option<ApiSource>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiSource {
+    #[serde(default)]
+    id: String,
+}
+
+/// Every path that has a publisher now (`GET {api}/v3/paths/list`, all pages): path name →
+/// the publisher's connection id (MTX_SOURCE_ID). A path has a publisher from the moment one
+/// connects (its `source`), before it is ready: such a key counts as live.
+pub async fn publishers(api_url: &str) -> Result<HashMap<String, String>, MediaMtxError> {
+    let base = Url::parse(api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| MediaMtxError::List {
+            url: api_url.into(),
+            detail: e.to_string(),
+        })?;
+    let mut found = HashMap::new();
+    let mut page = 0;
+    loop {
+        let mut url = base.clone();
+        url.path_segments_mut()
+            .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
+            .pop_if_empty()
+            .extend(["v3", "paths", "list"]);
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("itemsPerPage", &PAGE_SIZE.to_string());
+        let failed = |detail: String| MediaMtxError::List {
+            url: url.to_string(),
+            detail,
+        };
+        let resp = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(failed(status.to_string()));
+        }
+        let list: PathList = resp
+            .json()
+            .await
+            .map_err(|e| failed(format!("malformed answer: {e}")))?;
+        for path in list.items {
+            if let Some(source) = path.source {
+                found.insert(path.name, source.id);
+            }
+        }
+        page += 1;
+        if page >= list.page_count {
+            return Ok(found);
+        }
+        if page >= MAX_PAGES {
+            return Err(failed(format!(
+                "more than {MAX_PAGES} pages of {PAGE_SIZE} paths"
+            )));
+        }
+    }
 }
 
 /// The Control API collection of a publisher's connection type.
@@ -134,6 +223,75 @@ mod tests {
             err.contains("/v3/srtconns/kick/x") && err.contains("404"),
             "{err}"
         );
+    }
+
+    /// Answers `GET /v3/paths/list` with `body` and returns the request line.
+    fn serve_json(body: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn lists_paths_with_a_publisher() {
+        // As MediaMTX 1.21 answers: one path publishing, one with only a reader waiting.
+        let (url, server) = serve_json(
+            r#"{"itemCount":2,"pageCount":1,"items":[
+              {"name":"live/a","confName":"~^live/","ready":true,"available":true,
+               "source":{"type":"rtmpConn","id":"8f1e"},"readers":[]},
+              {"name":"live/b","confName":"~^live/","ready":false,"available":false,
+               "source":null,"readers":[{"type":"rtmpConn","id":"x"}]}]}"#,
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let found = rt.block_on(publishers(&url)).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            "GET /v3/paths/list?page=0&itemsPerPage=1000 HTTP/1.1"
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found["live/a"], "8f1e");
+    }
+
+    #[test]
+    fn an_unreachable_or_garbled_api_is_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = rt
+            .block_on(publishers(&format!("http://127.0.0.1:{port}")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/v3/paths/list"), "{err}");
+        let (url, server) = serve_json("not json");
+        let err = rt.block_on(publishers(&url)).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(err.contains("malformed answer"), "{err}");
     }
 
     #[test]

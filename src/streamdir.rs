@@ -76,6 +76,10 @@ impl StreamDir {
         Ok(StreamDir { dir: dir.into() })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn env_path(&self, key: &StreamKey) -> PathBuf {
         self.dir.join(format!("{key}.env"))
     }
@@ -87,6 +91,25 @@ impl StreamDir {
     /// Waits for, and takes, the lock of `key`. The lock file is removed by [`Self::remove`]
     /// while held; a waiter that then wakes on the unlinked file takes the lock again.
     pub fn lock(&self, key: &StreamKey) -> Result<KeyLock, StreamDirError> {
+        self.take_lock(key, None)
+            .map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// Like [`Self::lock`], but gives up after `timeout` (None: the lock stayed busy), for
+    /// callers whose own run time is bounded (`neustream reconcile`).
+    pub fn lock_within(
+        &self,
+        key: &StreamKey,
+        timeout: std::time::Duration,
+    ) -> Result<Option<KeyLock>, StreamDirError> {
+        self.take_lock(key, Some(std::time::Instant::now() + timeout))
+    }
+
+    fn take_lock(
+        &self,
+        key: &StreamKey,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<KeyLock>, StreamDirError> {
         let path = self.lock_path(key);
         let io_err = |action, source| StreamDirError::Io {
             action,
@@ -102,8 +125,26 @@ impl StreamDir {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(|e| io_err("open lock file", e))?;
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(io_err("lock", io::Error::last_os_error()));
+            match deadline {
+                None => {
+                    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                        return Err(io_err("lock", io::Error::last_os_error()));
+                    }
+                }
+                Some(deadline) => loop {
+                    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+                    {
+                        break;
+                    }
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                        return Err(io_err("lock", err));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                },
             }
             // Still the file at that path (not one unlinked by the previous holder)?
             let held = file
@@ -111,7 +152,7 @@ impl StreamDir {
                 .map_err(|e| io_err("inspect lock file", e))?;
             match fs::metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(KeyLock { _file: file })
+                    return Ok(Some(KeyLock { _file: file }))
                 }
                 _ => continue,
             }
@@ -120,6 +161,24 @@ impl StreamDir {
             "lock",
             io::Error::other("lock file keeps being replaced"),
         ))
+    }
+
+    /// Keys that have an env file here, sorted.
+    pub fn keys(&self) -> Result<Vec<StreamKey>, StreamDirError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| StreamDirError::Io {
+            action: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut keys: Vec<StreamKey> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                StreamKey::parse(name.strip_suffix(".env")?).ok()
+            })
+            .collect();
+        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(keys)
     }
 
     /// Writes the env file of `key` atomically: a 0600 temporary file, fsync, rename, fsync of
@@ -306,6 +365,27 @@ mod tests {
         drop(first);
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         waiter.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lock_within_gives_up_in_time() {
+        let dir = tempdir("lockwithin");
+        let sd = StreamDir::open(&dir).unwrap();
+        let key = StreamKey::parse("k4").unwrap();
+        let held = sd.lock(&key).unwrap();
+        let started = std::time::Instant::now();
+        let got = sd
+            .lock_within(&key, std::time::Duration::from_millis(200))
+            .unwrap();
+        assert!(got.is_none());
+        let waited = started.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(200) && waited.as_secs() < 2);
+        sd.unlock(&key, held).unwrap();
+        let again = sd.lock_within(&key, std::time::Duration::from_millis(200));
+        assert!(again.unwrap().is_some());
+        sd.write(&key, "A=1\n").unwrap();
+        assert_eq!(sd.keys().unwrap(), vec![key]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -85,7 +85,11 @@ impl Systemd {
     pub async fn connect(timeout: Duration) -> Result<Self, SystemdError> {
         let connect = async {
             let conn = zbus::Connection::system().await?;
-            ManagerProxy::new(&conn).await
+            let manager = ManagerProxy::new(&conn).await?;
+            // Without a subscriber systemd sends no JobRemoved signals. Once per connection:
+            // a second Subscribe fails ("Client is already subscribed").
+            manager.subscribe().await?;
+            Ok::<_, zbus::Error>(manager)
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(manager)) => Ok(Systemd { manager }),
@@ -140,6 +144,18 @@ impl Systemd {
             .map_err(|e| call_error("query", unit, e))
     }
 
+    /// Relay units systemd has loaded now (`neustream-relay@*.service`, any state), with their
+    /// ActiveState: `ListUnitsByPatterns`, which needs no authorization.
+    pub async fn relay_units(&self) -> Result<Vec<(String, String)>, SystemdError> {
+        let pattern = "neustream-relay@*.service";
+        let units = self
+            .manager
+            .list_units_by_patterns(vec![], vec![pattern.into()])
+            .await
+            .map_err(|e| call_error("list", pattern, e))?;
+        Ok(units.into_iter().map(|u| (u.0, u.3)).collect())
+    }
+
     /// `StopUnit(unit, "replace")` and waits for the job. No such unit is fine.
     pub async fn stop_and_wait(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
         self.job_and_wait("stop", unit, timeout).await
@@ -156,11 +172,6 @@ impl Systemd {
             let mut removed = self
                 .manager
                 .receive_job_removed()
-                .await
-                .map_err(|e| call_error(verb, unit, e))?;
-            // Without a subscriber systemd sends no JobRemoved signals.
-            self.manager
-                .subscribe()
                 .await
                 .map_err(|e| call_error(verb, unit, e))?;
             let job = match verb {
@@ -230,7 +241,7 @@ pub struct UnitUsage {
 impl Systemd {
     /// Every loaded `neustream-relay@*.service`, with its accounting. Reading unit properties
     /// needs no privilege: any local user may call this.
-    pub async fn relay_units(&self, timeout: Duration) -> Result<Vec<UnitUsage>, SystemdError> {
+    pub async fn relay_usage(&self, timeout: Duration) -> Result<Vec<UnitUsage>, SystemdError> {
         const PATTERN: &str = "neustream-relay@*.service";
         let work = async {
             let units = self

@@ -53,7 +53,7 @@ impl Relay {
             .env("NEUSTREAM_STREAM_KEY", KEY)
             .env("NEUSTREAM_SOURCE_URL", source)
             .env("NEUSTREAM_MTX_SOURCE_ID", "conn-1")
-            .env("NEUSTREAM_STATE_DIR", &state_dir)
+            .env("NEUSTREAM_RELAY_STATE_DIR", &state_dir)
             .env("NEUSTREAM_DESTINATIONS", dests.len().to_string());
         for (i, (platform, url, key)) in dests.iter().enumerate() {
             cmd.env(format!("NEUSTREAM_DEST_{i}_PLATFORM"), platform)

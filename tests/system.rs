@@ -1010,6 +1010,10 @@ fn the_journal_tells_operators_which_stream_and_destination() {
         "WantedBy",
         "Type",
         "ExecStart",
+        // MediaMTX's own reconcile when it starts and stops (`--mediamtx-stopped`), not the
+        // hook's: run around the hook, it would end the very session the hook starts.
+        "ExecStartPre",
+        "ExecStopPost",
         "Restart",
         "RestartSec",
     ];

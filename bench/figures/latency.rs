@@ -7,8 +7,12 @@
 //! Timing is taken inside the machine by the shell that runs the hook ($EPOCHREALTIME before
 //! the fork, after the exit): it includes the hook's exec and dynamic loading, as MediaMTX
 //! would see it. `ready` returns only after systemd reported the start job `done` (the unit is
-//! `Type=exec`: active once `neustream relay` is exec'ed); every run is checked with
-//! `systemctl is-active` afterwards, and runs where it was not active are counted as failures.
+//! `Type=notify`: active once the relay sent READY=1, i.e. its source ffmpeg connected to
+//! MediaMTX and the relay read the first FLV tag); every run is checked with `systemctl
+//! is-active` afterwards, and runs where it was not active are counted as failures. That first
+//! tag depends on where in the GOP the run starts (the source ffmpeg writes its FLV header once
+//! it knows every stream's parameters), so runs are spread over the 2 s GOP by a random pause
+//! of 0–2 s between them: a fixed cycle about as long as the GOP would lock onto one phase.
 
 use std::time::Duration;
 
@@ -45,7 +49,7 @@ fn measure(lab: &Lab, path: &str, n: usize, ready: &str, unpublish: &str, active
                t2=$EPOCHREALTIME; {unpublish} >/dev/null 2>>/tmp/bench-unpublish.log; rc2=$?; t3=$EPOCHREALTIME\n\
                if {active}; then s2=active; else s2=inactive; fi\n\
                echo \"run $t0 $t1 $rc $s1 $t2 $t3 $rc2 $s2\"\n\
-               sleep {GAP}\n\
+               sleep {GAP}; sleep $((RANDOM % 2)).$(printf %03d $((RANDOM % 1000)))\n\
              done\n\
              tail -n 5 /tmp/bench-ready.log /tmp/bench-unpublish.log >&2 2>/dev/null; true"
         );
@@ -175,6 +179,11 @@ fn profile(lab: &Lab, path: &str, runs: usize) -> String {
         .map(|l| {
             if l.starts_with("ExecStart=") {
                 "ExecStart=/bin/sleep 60"
+            } else if l.starts_with("Type=") {
+                // sleep sends no READY=1: the sandbox's cost alone, as for the bare unit.
+                "Type=exec"
+            } else if l.starts_with("NotifyAccess=") {
+                ""
             } else if l.starts_with("Restart=") {
                 "Restart=no"
             } else {
@@ -215,8 +224,10 @@ fn profile(lab: &Lab, path: &str, runs: usize) -> String {
     format!(
         "Where `ready`'s time goes (p50 of {runs} runs, from its own log lines):\n\n{}\n\
          The start job alone, `systemctl start` by root (p50 of {runs}): the relay unit's \
-         sandbox {} vs the same `Type=exec` unit without hardening {}: **the sandbox costs {}** \
-         per start on this machine.\n",
+         sandbox (as `Type=exec`, ExecStart `/bin/sleep`) {} vs the same `Type=exec` unit \
+         without hardening {}: **the sandbox costs {}** per start on this machine; the rest \
+         of the start job is the relay's own start until READY=1 (its source ffmpeg reading \
+         MediaMTX).\n",
         table(
             &["phase", "p50"],
             &[
@@ -225,7 +236,7 @@ fn profile(lab: &Lab, path: &str, runs: usize) -> String {
                     p(&auth)
                 ],
                 vec![
-                    "forwarding call, env file, D-Bus, polkit, start job until done".into(),
+                    "forwarding call, env file, D-Bus, polkit, start job until READY=1".into(),
                     p(&rest)
                 ],
                 vec!["exit".into(), p(&exit)],

@@ -1,6 +1,7 @@
 //! Figure 6, recovery: destination 2's server stops for `--outage` seconds and comes back on
-//! the same port. Measured: the time from its return (listening again) to the first keyframe
-//! recorded there, and the worst wall-clock gap between video frames at destinations 0 and 1
+//! the same port. Measured: the time from its return (the first TCP connection it accepts,
+//! polled every 2 ms from its start) to the first video keyframe recorded there (10 ms
+//! polling), and the worst wall-clock gap between video frames at destinations 0 and 1
 //! from the drop to the end of the recovery (a destination that stops receiving shows the gap
 //! up to the end of the observation, 15 s after the return at most).
 
@@ -55,7 +56,7 @@ pub fn run(opts: &Opts) -> String {
             sleep(opts.outage);
             let dir = lab.dir.join(format!("dest2-back-{li}-{r}"));
             let back = Nginx::start_on(&dir, port, http, &destination_apps(&dir));
-            let returned = now();
+            let returned = back.listening_at;
             let name = format!("{key}-back{r}");
             lab.watcher.watch(&name, &back.recording("rec", &key));
             lab.dests[2] = back;
@@ -90,7 +91,7 @@ pub fn run(opts: &Opts) -> String {
         let worst_gap = gaps.iter().copied().fold(0.0, f64::max);
         if layout == Layout::Neustream {
             ours_ok = Some((
-                percentile(&resume, 100.0) < 5.0 && never == 0,
+                percentile(&resume, 100.0) < 0.5 && never == 0,
                 worst_gap <= 0.5,
             ));
         }
@@ -127,7 +128,7 @@ pub fn run(opts: &Opts) -> String {
     drop(lab);
     let verdict = match ours_ok {
         Some((resume, gap)) => format!(
-            "resume < 5 s: **{}**; others' gap ≤ 0.5 s: **{}**",
+            "back < 0.5 s after accepting again (every outage): **{}**; others' gap ≤ 0.5 s: **{}**",
             if resume { "met" } else { "missed" },
             if gap { "met" } else { "missed" }
         ),
@@ -135,8 +136,8 @@ pub fn run(opts: &Opts) -> String {
     };
     format!(
         "## 6. Recovery\n\n\
-         Destination 2 stops for {:.0} s and returns on the same port; time from its return to \
-         its first keyframe, and the worst gap between video frames at destinations 0 and 1 \
+         Destination 2 stops for {:.0} s and returns on the same port; time from its accepting \
+         connections again to its first video keyframe, and the worst gap between video frames at destinations 0 and 1 \
          from the drop until destination 2 receives again (wall clock, 10 ms polling).\n\n{}\n\
          Goals: {verdict}.\n",
         opts.outage,

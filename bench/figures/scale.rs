@@ -48,7 +48,7 @@ pub fn run(opts: &Opts) -> String {
             .chain(&rest.publishers)
             .map(|p| p.pid())
             .collect();
-        let relay_pids = lab.relay_pids();
+        let relay_pids = lab.relay_unit_pids();
         let m_relays = CpuMeter::start(&relay_pids);
         let m_ingest = CpuMeter::start(&lab.mtx_pids());
         let m_pubs = CpuMeter::start(&publishers);

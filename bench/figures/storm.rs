@@ -56,17 +56,14 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
     for &layout in layouts {
         crate::check_interrupted();
         progress!("storm: {n} streams, {}", layout.name());
-        let tag = match layout {
-            Layout::Neustream => "n",
-            Layout::Seed => "s",
-            Layout::Forward => "f",
-            Layout::Push => "p",
-        };
+        let tag = layout.prefix();
         let keys: Vec<String> = (0..n).map(|i| format!("{tag}storm{i}")).collect();
         let urls: Vec<String> = keys
             .iter()
             .map(|k| match layout {
                 Layout::Neustream => lab.mtx_url(&format!("hook/{k}")),
+                Layout::V1 => lab.mtx_url(&format!("v1/{k}")),
+                Layout::Restreamer => lab.mtx_url(&format!("rs/{k}")),
                 Layout::Seed => lab.mtx_url(&format!("seed/{k}")),
                 Layout::Forward => lab.mtx_url(&format!("fwdhead/{k}")),
                 Layout::Push => lab.push.as_ref().unwrap().url("head", k),
@@ -121,9 +118,9 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
             if all_running.is_none() {
                 let running = match layout {
                     Layout::Neustream => lab.units_in("active"),
-                    Layout::Seed => {
-                        crate::procs::named_descendants(lab.machine.pid1, &["ffmpeg"]).len()
-                    }
+                    Layout::Seed | Layout::V1 => lab.hook_ffmpeg_pids().len(),
+                    // One ffmpeg per destination.
+                    Layout::Restreamer => lab.hook_ffmpeg_pids().len() / DESTS,
                     _ => n,
                 };
                 if running * 2 >= n && half_running.is_none() {
@@ -209,7 +206,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
             } else {
                 0
             };
-            let procs = layout.relay_pids(&lab).len();
+            let procs = layout.leftover_pids(&lab).len();
             let env_files = if layout == Layout::Neustream {
                 let out = lab.machine.run(&["ls", "/run/neustream/streams"]);
                 String::from_utf8_lossy(&out.stdout).lines().count()
@@ -217,7 +214,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
                 0
             };
             let ends = match layout {
-                Layout::Neustream | Layout::Seed => {
+                Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => {
                     lab.cp.count("POST", "/api/auth/stream-end") - ends_before
                 }
                 _ => n,
@@ -268,7 +265,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
             layout.name().into(),
             secs(spawned),
             match layout {
-                Layout::Neustream | Layout::Seed => format!(
+                Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => format!(
                     "{} (half: {})",
                     all_running.map_or(limit.clone(), secs),
                     half_running.map_or(limit.clone(), secs)

@@ -10,6 +10,9 @@
 # expect: CONTROL_PLANE_URL=https://api.neustream.app
 # expect: subject.user !== "mediamtx"
 # expect: firewall: tcp=[1935]
+# expect: reconcile --mediamtx-stopped --timeout 5s
+# expect: OnUnitActiveSec=30s
+# expect: d /var/lib/neustream/sessions 0700 mediamtx mediamtx -
 { ... }:
 {
   services.neustream = {
@@ -19,6 +22,7 @@
 
     openFirewall = true;
     relay.cpuQuota = "75%";
+    reconcile.interval = "30s";
     settings = {
       NEUSTREAM_LOG_LEVEL = "debug";
       NEUSTREAM_STREAM_END_TIMEOUT = "60s";

@@ -9,6 +9,7 @@ use super::ConfigError;
 use crate::authority::Authority;
 use crate::cli::{HookArgs, HookSettings};
 use crate::envfile::{self, StreamSpec};
+use crate::sessions::{Session, SessionDir, State};
 use crate::stream_key::StreamKey;
 use crate::streamdir::StreamDir;
 use crate::systemd::{self, Systemd};
@@ -24,6 +25,7 @@ pub struct Hook {
     /// The Control Plane, or the streams file in standalone mode.
     pub authority: Authority,
     pub dir: StreamDir,
+    pub sessions: SessionDir,
     /// Set once the Control Plane accepted the key: from then on it holds an active stream
     /// that must be reported ended if this publish is abandoned.
     pub accepted: AtomicBool,
@@ -42,6 +44,7 @@ impl Hook {
         )
         .map_err(ConfigError)?;
         let dir = StreamDir::open(&s.runtime_dir)?;
+        let sessions = open_sessions(s)?;
         Ok(Hook {
             unit: systemd::relay_unit(&key)?,
             key,
@@ -51,6 +54,7 @@ impl Hook {
             settings: args.settings,
             authority,
             dir,
+            sessions,
             accepted: AtomicBool::new(false),
         })
     }
@@ -59,11 +63,92 @@ impl Hook {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// The publisher that owns the stream now, by the env file (`MTX_SOURCE_ID`): `None`
+    /// when there is none (no env file: not relayed, or already ended).
+    pub fn owner(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.dir.read(&self.key)?.map(|text| {
+            envfile::parse(&text)
+                .and_then(|v| StreamSpec::from_vars(&v))
+                .map(|spec| spec.source_id)
+                .unwrap_or_default()
+        }))
+    }
+
+    fn newer_owner(&self, owner: &str) -> bool {
+        !owner.is_empty() && !self.source_id.is_empty() && owner != self.source_id
+    }
+
+    /// `unpublish`: with a reconnect grace, waits for a new publisher of the same key (OBS
+    /// reconnecting) before it ends the session; the relay keeps the destinations meanwhile.
+    /// A new publisher's `ready` takes the stream over (the env file names it): then nothing
+    /// is stopped and no end is reported. SIGINT/SIGTERM (MediaMTX stopping) ends it at once.
+    pub async fn unpublish(&self) -> anyhow::Result<()> {
+        // From the start: a signal must cut the grace short, never kill the hook unheard.
+        let interrupted = interrupted();
+        let key = &self.key;
+        let grace = self.settings.reconnect_grace;
+        let relayed = match self.owner()? {
+            Some(owner) if self.newer_owner(&owner) => {
+                info!(
+                    stream_key = %key,
+                    "{key}: publisher {} is gone but newer publisher {owner} is live; \
+                     leaving its relay running",
+                    self.source_id
+                );
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if grace.is_zero() || !relayed {
+            return self.end_session(false, "unpublish").await;
+        }
+        info!(
+            stream_key = %key,
+            "{key}: publisher {} is gone; keeping the destinations for {grace:?} for it to \
+             come back",
+            self.source_id
+        );
+        let taken_over = async {
+            loop {
+                tokio::time::sleep(GRACE_POLL).await;
+                match self.owner() {
+                    Ok(Some(owner)) if self.newer_owner(&owner) => return Some(owner),
+                    Ok(None) => return None,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            owner = taken_over => {
+                match owner {
+                    Some(owner) => info!(
+                        stream_key = %key,
+                        "{key}: publisher {owner} took the stream over within the grace"
+                    ),
+                    None => info!(stream_key = %key, "{key}: the stream was ended meanwhile"),
+                }
+                return Ok(());
+            }
+            _ = tokio::time::sleep(grace) => {
+                info!(stream_key = %key, "{key}: no publisher within {grace:?}; ending the stream");
+            }
+            signal = interrupted => {
+                info!(stream_key = %key, "{key}: {signal} received during the grace; ending the stream now");
+            }
+        }
+        // Under the lock, the ownership is checked once more: a publisher may have come in
+        // the last instant.
+        self.end_session(false, "unpublish after the reconnect grace")
+            .await
+    }
+
     /// Ends this publisher's session, unless a newer publisher of the same key owns it now:
     /// stops the relay unit, removes the env file, and reports the end of the stream to the
-    /// Control Plane when a session was recorded (or `report_anyway`). Reporting failures are
-    /// logged, not returned: MediaMTX has nothing to do with them.
-    pub async fn end_session(&self, report_anyway: bool) -> anyhow::Result<()> {
+    /// Control Plane when a session was recorded (or `report_anyway`). A stream-end the
+    /// Control Plane does not confirm stays queued in the session record for `neustream
+    /// reconcile`; MediaMTX has nothing to do with it, so it is logged, not returned.
+    pub async fn end_session(&self, report_anyway: bool, reason: &str) -> anyhow::Result<()> {
         let key = &self.key;
         let lock = self.dir.lock(key)?;
         let recorded = match self.dir.read(key)? {
@@ -71,19 +156,39 @@ impl Hook {
             Some(text) => match envfile::parse(&text).and_then(|v| StreamSpec::from_vars(&v)) {
                 Ok(spec) => Some(spec.source_id),
                 Err(e) => {
-                    warn!(stream_key = %key, "env file of {key} is unreadable ({e}); removing it");
+                    warn!(stream_key = %key, "{key}: env file is unreadable ({e}); removing it");
                     Some(String::new())
                 }
             },
         };
-        if let Some(owner) = &recorded {
-            if !owner.is_empty() && !self.source_id.is_empty() && *owner != self.source_id {
+        let session = match self.sessions.load_or_recover(key) {
+            Ok((session, corrupt)) => {
+                if let Some(e) = corrupt {
+                    warn!(stream_key = %key, "{key}: {e}");
+                }
+                session
+            }
+            Err(e) => {
+                error!(stream_key = %key, "{key}: {e}");
+                None
+            }
+        };
+        // Who publishes this key now: the env file's publisher, else a live record's.
+        let owner = recorded.clone().filter(|o| !o.is_empty()).or_else(|| {
+            session
+                .as_ref()
+                .filter(|s| s.state == State::Live && !s.source_id.is_empty())
+                .map(|s| s.source_id.clone())
+        });
+        if let Some(owner) = owner {
+            if !self.source_id.is_empty() && owner != self.source_id {
                 info!(
                     stream_key = %key,
                     "{key}: publisher {} is gone but newer publisher {owner} is live; \
                      leaving its relay running",
                     self.source_id
                 );
+                self.dir.unlock(key, lock)?;
                 return Ok(());
             }
         }
@@ -98,17 +203,27 @@ impl Hook {
         };
         // Reported under the lock: a new publish of this key (OBS reconnecting) authenticates
         // only after it, else this end would close the new publisher's session.
-        if recorded.is_some() || report_anyway {
-            if let Err(e) = self
-                .authority
-                .stream_end(key, self.settings.stream_end_timeout)
-                .await
+        if recorded.is_some() || session.is_some() || report_anyway {
+            let mut session = session.unwrap_or_else(|| Session::unknown(key, &self.source_id));
+            session.end(reason);
+            if let Err(e) = self.sessions.save(&session) {
+                error!(stream_key = %key, "{key}: {e}; the stream-end is sent without a record");
+            }
+            match send_end(
+                &self.authority,
+                &self.sessions,
+                &mut session,
+                self.settings.stream_end_timeout,
+            )
+            .await
             {
-                error!(
+                Ok(()) => {} // the authority logs it
+                Err(e) => error!(
                     stream_key = %key,
-                    "{key}: failed to report the end of the stream; the Control Plane may bill \
-                     time that was not streamed: {e}"
-                );
+                    "{key}: failed to report the end of the stream ({e}); queued in {} for \
+                     neustream reconcile (neustream-reconcile.timer retries it every minute)",
+                    self.sessions.path(key).display()
+                ),
             }
         }
         self.dir.remove(key, &lock)?;
@@ -129,6 +244,41 @@ impl Hook {
     }
 }
 
+/// The session records of `settings.state_dir`.
+pub fn open_sessions(settings: &HookSettings) -> anyhow::Result<SessionDir> {
+    Ok(SessionDir::open(&settings.state_dir.join("sessions"))?)
+}
+
+/// Sends the stream-end of `session` (saved `ending` by the caller, who holds the key's lock)
+/// within `budget`. Confirmed: the record is removed. Not confirmed: the attempt is counted in
+/// the record, which stays queued; the error says why.
+pub async fn send_end(
+    authority: &Authority,
+    sessions: &SessionDir,
+    session: &mut Session,
+    budget: std::time::Duration,
+) -> Result<(), String> {
+    let key = crate::stream_key::StreamKey::parse(&session.key).map_err(|e| e.to_string())?;
+    match authority.stream_end(&key, budget).await {
+        Ok(()) => {
+            if let Err(e) = sessions.remove(&key) {
+                // Confirmed, but the record stays: a later run would send it again, which the
+                // Control Plane answers 200 to without effect (contract); say so.
+                error!(stream_key = %key, "{key}: stream end confirmed, but {e}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            session.attempts += 1;
+            session.last_error = Some(e.to_string());
+            if let Err(save) = sessions.save(session) {
+                error!(stream_key = %key, "{key}: {save}");
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
 /// Disconnects a publisher through MediaMTX's Control API, when one is configured.
 pub async fn kick(settings: &HookSettings, source_type: &str, source_id: &str, label: &str) {
     let Some(api) = &settings.mediamtx_api_url else {
@@ -140,6 +290,9 @@ pub async fn kick(settings: &HookSettings, source_type: &str, source_id: &str, l
         Err(e) => error!("{label}: failed to disconnect the publisher: {e}"),
     }
 }
+
+/// How often `unpublish` looks for a new publisher during the grace.
+const GRACE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A user-supplied string fit for a log line: control characters replaced, at most 200 chars.
 pub fn printable(text: &str) -> String {

@@ -3,6 +3,8 @@
 mod hook;
 mod metrics;
 mod ready;
+mod reconcile;
+mod refresh;
 mod relay;
 mod relay_reload;
 mod status;
@@ -26,10 +28,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ready(args) => ready::run(args),
         Command::Unpublish(args) => unpublish::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Relay(args) => relay::run(args),
         Command::Status(args) => status::run(args),
         Command::Metrics(args) => metrics::run(args),
         Command::RelayReload(args) => relay_reload::run(args),
+        Command::Refresh(args) => refresh::run(args),
         Command::Streams(command) => streams::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(

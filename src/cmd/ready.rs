@@ -10,6 +10,7 @@ use crate::cli::HookArgs;
 use crate::control_plane::RawDestination;
 use crate::destination::{Destination, MAX_DESTINATIONS};
 use crate::envfile::StreamSpec;
+use crate::sessions::{Session, State};
 use crate::stream_key::StreamKey;
 use crate::systemd::Systemd;
 
@@ -43,7 +44,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
             signal = interrupted => {
                 // The stream stopped while we were starting it: undo what was done.
                 warn!(stream_key = %hook.key, "{}: {signal} received; abandoning the publish", hook.key);
-                hook.end_session(hook.accepted()).await?;
+                hook.end_session(hook.accepted(), "publish abandoned").await?;
                 anyhow::bail!("{}: publish abandoned on {signal}", hook.key)
             }
         };
@@ -63,6 +64,7 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
     // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
     // reports its end before our authentication, or then finds us the owner and reports nothing.
     let lock = hook.dir.lock(key)?;
+    flush_pending_end(hook).await;
     if let Err(e) = hook.authority.authenticate(key, s.auth_timeout).await {
         if let Err(e) = hook.dir.unlock(key, lock) {
             warn!(stream_key = %key, "{key}: {e}");
@@ -72,14 +74,52 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
     hook.accepted.store(true, Ordering::SeqCst);
     info!(stream_key = %key, "{key}: accepted by {} (publisher {})", hook.authority, hook.source_id);
 
-    let result = start_relay(hook).await;
+    // The durable record, before anything else can go wrong: from now on an end of this
+    // session is reported whatever happens to MediaMTX, this host or the Control Plane.
+    let session = Session::accepted(key, &hook.source_id, &hook.source_type);
+    let result = match hook.sessions.save(&session) {
+        Ok(()) => start_relay(hook).await,
+        Err(e) => Err(anyhow::Error::new(e).context("cannot record the session")),
+    };
     drop(lock);
     if result.is_err() {
         // Accepted, but it cannot be relayed: end the Control Plane's session; the caller
         // drops the publisher, so that OBS reconnects and tries again.
-        hook.end_session(true).await.ok();
+        hook.end_session(true, "relay not started").await.ok();
     }
     result.context("stream not relayed")
+}
+
+/// A stream-end of this key still pending (the Control Plane was unreachable when the last
+/// session ended) is sent before the new publish authenticates, so that the Control Plane
+/// closes the old session and opens a new one. If it cannot be sent now, the new publish
+/// continues the Control Plane's still active session (auth answers 200 for an active key),
+/// so the pending end is void: `ready` replaces the record once the key is accepted, and
+/// never sends an end for a key that is live again.
+async fn flush_pending_end(hook: &Hook) {
+    let key = &hook.key;
+    let mut session = match hook.sessions.load_or_recover(key) {
+        Ok((Some(session), _)) if session.state == State::Ending => session,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(stream_key = %key, "{key}: {e}");
+            return;
+        }
+    };
+    let budget = hook.settings.auth_timeout;
+    match hook::send_end(&hook.authority, &hook.sessions, &mut session, budget).await {
+        Ok(()) => info!(
+            stream_key = %key,
+            "{key}: pending stream end of session {} reported before the new publish",
+            session.id
+        ),
+        Err(e) => warn!(
+            stream_key = %key,
+            "{key}: pending stream end of session {} still undelivered ({e}); if the new \
+             publish is accepted it continues that session",
+            session.id
+        ),
+    }
 }
 
 async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
@@ -144,7 +184,10 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
 
 /// The valid destinations of a forwarding answer, in order; each invalid one is dropped with a
 /// warning that names its index and platform, never its URL or key.
-fn select_destinations(key: &StreamKey, raw: Vec<serde_json::Value>) -> Vec<Destination> {
+pub(super) fn select_destinations(
+    key: &StreamKey,
+    raw: Vec<serde_json::Value>,
+) -> Vec<Destination> {
     let total = raw.len();
     let mut kept = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {

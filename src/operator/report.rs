@@ -87,7 +87,7 @@ pub async fn gather(src: &Sources<'_>) -> Report {
     let files = relays::read_dir(src.state_dir);
     let units = if src.systemd {
         match Systemd::connect(src.timeout).await {
-            Ok(s) => s.relay_units(src.timeout).await.map_err(|e| e.to_string()),
+            Ok(s) => s.relay_usage(src.timeout).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
     } else {

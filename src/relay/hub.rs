@@ -43,6 +43,12 @@ impl Timeline {
 
     fn map(&mut self, tag: &Tag) -> u32 {
         let ts = i64::from(tag.timestamp);
+        if tag.kind == Kind::Script || tag.is_sequence_header() {
+            // Not a frame: stamped with the latest time given out, and moves nothing (a new
+            // source's configuration comes before the frame it is spliced at).
+            let latest = self.last.iter().flatten().max().copied().unwrap_or(0);
+            return latest.clamp(0, i64::from(u32::MAX)) as u32;
+        }
         let slot = match tag.kind {
             Kind::Audio => Some(0),
             Kind::Video => Some(1),
@@ -277,6 +283,15 @@ mod tests {
         let hub = Hub::new("k");
         hub.set_outputs(vec![out.clone()]);
         hub.attach(&out);
+        let config = Tag {
+            kind: Kind::Video,
+            timestamp: 0,
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+        };
+        assert!(
+            !hub.publish(config.clone()),
+            "the configuration is no picture"
+        );
         assert!(!hub.publish(audio(0)), "nothing before the first keyframe");
         assert!(hub.publish(video(10, true)));
         hub.publish(video(43, false));
@@ -288,6 +303,7 @@ mod tests {
         hub.new_source();
         assert!(hub.inject(video(1043, true)));
         assert!(hub.splicing());
+        assert!(!hub.publish(config));
         assert!(!hub.publish(audio(5)));
         assert!(!hub.publish(video(20, false)));
         assert!(hub.publish(video(40, true)));
@@ -301,6 +317,6 @@ mod tests {
         let mut got = Vec::new();
         rt.block_on(out.queue.take(&mut got));
         let stamps: Vec<u32> = got.iter().map(|t| t.timestamp).collect();
-        assert_eq!(stamps, [0, 33, 1043, 1076]);
+        assert_eq!(stamps, [0, 0, 33, 1043, 1043, 1076]);
     }
 }

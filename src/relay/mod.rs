@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -67,8 +67,19 @@ pub struct Shared {
     /// Turns true once the first source has a picture to show (a video keyframe, or audio for
     /// a stream without video): destinations start then, not before.
     picture: watch::Sender<bool>,
-    /// A source reached its first picture (the end of a grace).
-    spliced: Notify,
+    /// What the source tells the main loop.
+    events: mpsc::UnboundedSender<SourceEvent>,
+    /// The grace's silence, made once per audio format.
+    silence: filler::SilenceCache,
+}
+
+/// From the source to the relay's main loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceEvent {
+    /// A source reached its first picture: spliced in (the end of a grace).
+    Spliced,
+    /// The source has been silent for [`source::SILENCE`]: destinations need the filler.
+    Gap,
 }
 
 /// How the relay ended without an error.
@@ -82,18 +93,31 @@ pub enum Outcome {
     Stopped(&'static str),
 }
 
-fn start_source(
-    shared: &Arc<Shared>,
-    url: &str,
-) -> (JoinHandle<anyhow::Result<source::End>>, watch::Sender<bool>) {
+type SourceTask = (JoinHandle<anyhow::Result<source::End>>, watch::Sender<bool>);
+
+/// With a grace, a stalled source is given up (see [`source::STALL`]). `quiet`: its ffmpeg's
+/// complaints go to debug level (a retry during a grace, which fails until a publisher is
+/// back).
+fn start_source(shared: &Arc<Shared>, url: &str, grace: Duration, quiet: bool) -> SourceTask {
     let (stop, stop_rx) = watch::channel(false);
     let shared = shared.clone();
     let url = url.to_owned();
+    let stall = (!grace.is_zero()).then_some(source::STALL);
     let task = tokio::spawn(async move {
         let log = LineLog::new(&shared.key, None, Arc::new(Redactor::default()));
-        source::run(&shared, &url, log, stop_rx).await
+        log.set_quiet(quiet);
+        source::run(&shared, &url, log, stop_rx, stall).await
     });
     (task, stop)
+}
+
+/// During a grace, how often the ingest is read again for the publisher (it may be back
+/// before any new `ready`: a stall that ends, MediaMTX back after a restart).
+const SOURCE_RETRY: Duration = Duration::from_secs(1);
+
+fn start_filler(shared: &Arc<Shared>) -> JoinHandle<()> {
+    let shared = shared.clone();
+    tokio::spawn(async move { filler::run(&shared).await })
 }
 
 fn start_output(shared: &Arc<Shared>, output: &Arc<Output>) -> JoinHandle<()> {
@@ -106,6 +130,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
     let mut int = signal(SignalKind::interrupt())?;
 
     let key = spec.key.to_string();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         hub: Hub::new(&key),
         board: Board::new(&key, &spec.source_id),
@@ -114,7 +139,8 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         tls: settings.tls.clone(),
         stop_timeout: settings.stop_timeout,
         picture: watch::channel(false).0,
-        spliced: Notify::new(),
+        events: events_tx,
+        silence: Default::default(),
     });
     let outputs: Vec<Arc<Output>> = spec
         .destinations
@@ -139,14 +165,17 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
     };
 
     let mut publisher_id = spec.source_id.clone();
-    let (task, stop) = start_source(&shared, &spec.source_url);
-    let mut source = Some((task, stop));
+    let mut source_url = spec.source_url.clone();
+    let mut source = Some(start_source(&shared, &source_url, settings.grace, false));
+    // During a grace: when the ingest is read again.
+    let mut retry: Option<tokio::time::Instant> = None;
     // The source to start when the running one has stopped (a new publisher).
     let mut next_source: Option<String> = None;
     let mut grace: Option<tokio::time::Instant> = None;
     let mut filler: Option<JoinHandle<()>> = None;
     let outcome: anyhow::Result<Outcome> = loop {
         let grace_at = grace.unwrap_or_else(tokio::time::Instant::now);
+        let retry_at = retry.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             end = async { (&mut source.as_mut().expect("guarded").0).await }, if source.is_some() => {
                 source = None;
@@ -158,7 +187,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     Err(e) => Err(anyhow::anyhow!("the source task failed: {e}")),
                 };
                 if let Some(url) = next_source.take() {
-                    source = Some(start_source(&shared, &url));
+                    source = Some(start_source(&shared, &url, settings.grace, false));
                     continue;
                 }
                 let end = match end {
@@ -168,13 +197,41 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                 if settings.grace.is_zero() || matches!(end, source::End::Stopped) {
                     break source_outcome(&key, end);
                 }
+                retry = Some(tokio::time::Instant::now() + SOURCE_RETRY);
+                if grace.is_some() {
+                    continue; // a retry that found no publisher yet
+                }
                 let until = tokio::time::Instant::now() + settings.grace;
                 grace = Some(until);
                 shared.board.grace(state::unix_now() + settings.grace.as_secs());
                 info!(stream_key = %key, "{key}: the publisher is gone ({}); keeping every destination for {:?} for it to come back",
                       describe_end(&end), settings.grace);
-                let shared2 = shared.clone();
-                filler = Some(tokio::spawn(async move { filler::run(&shared2).await }));
+                if filler.as_ref().is_none_or(|f| f.is_finished()) {
+                    filler = Some(start_filler(&shared));
+                }
+            }
+            Some(event) = events.recv() => match event {
+                SourceEvent::Gap if !settings.grace.is_zero() => {
+                    if filler.as_ref().is_none_or(|f| f.is_finished()) {
+                        info!(stream_key = %key, "{key}: nothing from the publisher for {:?}; destinations get the last picture meanwhile", source::SILENCE);
+                        filler = Some(start_filler(&shared));
+                    }
+                }
+                SourceEvent::Gap => {}
+                SourceEvent::Spliced => {
+                    if !settings.grace.is_zero() {
+                        // Made now, so that a drop gets silence at once.
+                        filler::prepare(&shared);
+                    }
+                    if grace.take().is_some() {
+                        retry = None;
+                        info!(stream_key = %key, "{key}: publisher {publisher_id} is live: the grace is over");
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(retry_at), if retry.is_some() && source.is_none() => {
+                retry = None;
+                source = Some(start_source(&shared, &source_url, settings.grace, true));
             }
             Some(reload) = reloads.recv() => {
                 let result = apply(&shared, &mut supervisors, &reload.spec);
@@ -182,20 +239,20 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     info!(stream_key = %key, "{key}: new publisher {} (was {publisher_id}): switching the source, destinations stay connected",
                           reload.spec.source_id);
                     publisher_id = reload.spec.source_id.clone();
+                    source_url = reload.spec.source_url.clone();
                     shared.board.publisher(&publisher_id);
                     match &source {
                         Some((_, stop)) => {
                             stop.send_replace(true);
-                            next_source = Some(reload.spec.source_url.clone());
+                            next_source = Some(source_url.clone());
                         }
-                        None => source = Some(start_source(&shared, &reload.spec.source_url)),
+                        None => {
+                            retry = None;
+                            source = Some(start_source(&shared, &source_url, settings.grace, false));
+                        }
                     }
                 }
                 let _ = reload.done.send(result);
-            }
-            _ = shared.spliced.notified(), if grace.is_some() => {
-                grace = None;
-                info!(stream_key = %key, "{key}: publisher {publisher_id} is live: the grace is over");
             }
             _ = tokio::time::sleep_until(grace_at), if grace.is_some() => {
                 info!(stream_key = %key, "{key}: no publisher within {:?}; ending every destination", settings.grace);
@@ -246,13 +303,14 @@ fn describe_end(end: &source::End) -> String {
         source::End::Failed(status) => format!("the source ffmpeg exited: {status}"),
         source::End::Garbled(e) => format!("unreadable FLV: {e}"),
         source::End::Stopped => "stopped".into(),
+        source::End::Stalled => format!("nothing read for {:?}", source::STALL),
     }
 }
 
 fn source_outcome(key: &str, end: source::End) -> anyhow::Result<Outcome> {
     match end {
         source::End::Stopped => Ok(Outcome::Stopped("stop")),
-        source::End::Finished => Ok(Outcome::SourceEnded),
+        source::End::Finished | source::End::Stalled => Ok(Outcome::SourceEnded),
         source::End::Failed(status) => {
             anyhow::bail!("{key}: the source ffmpeg exited ({status}); systemd restarts the relay")
         }

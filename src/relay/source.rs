@@ -3,6 +3,7 @@
 
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -12,7 +13,7 @@ use tracing::info;
 use super::flv::{FlvError, Parser};
 use super::process::{self, LineLog};
 use super::state::SourcePhase;
-use super::{ffmpeg, notify, Shared};
+use super::{ffmpeg, notify, Shared, SourceEvent};
 
 /// How a source ended.
 #[derive(Debug)]
@@ -25,7 +26,16 @@ pub enum End {
     Garbled(FlvError),
     /// The relay asked it to stop.
     Stopped,
+    /// It had read the stream, then nothing came for [`STALL`] (the publisher is silent, or
+    /// gone without the ingest closing the read): stopped, so that the grace can begin.
+    Stalled,
 }
+
+/// With a reconnect grace, a source that delivers nothing this long is given up.
+pub const STALL: Duration = Duration::from_secs(2);
+/// With a reconnect grace, after this long without a tag the destinations get the last
+/// picture (the source may still resume: it is then spliced in at its next keyframe).
+pub const SILENCE: Duration = Duration::from_millis(400);
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -36,6 +46,7 @@ pub async fn run(
     url: &str,
     log: LineLog,
     mut stop: watch::Receiver<bool>,
+    stall: Option<Duration>,
 ) -> anyhow::Result<End> {
     let (ffmpeg_bin, stop_timeout, hub) = (&shared.ffmpeg, shared.stop_timeout, &shared.hub);
     let args = ffmpeg::source_args(url);
@@ -47,12 +58,20 @@ pub async fn run(
         stdout: true,
     })
     .with_context(|| format!("failed to run ffmpeg ({})", ffmpeg_bin.display()))?;
-    info!(
-        stream_key = log.key(),
-        "{}: source: ffmpeg started (pid {})",
-        log.key(),
-        child.id().unwrap_or(0)
-    );
+    let pid = child.id().unwrap_or(0);
+    if log.is_quiet() {
+        tracing::debug!(
+            stream_key = log.key(),
+            "{}: source: ffmpeg started (pid {pid})",
+            log.key()
+        );
+    } else {
+        info!(
+            stream_key = log.key(),
+            "{}: source: ffmpeg started (pid {pid})",
+            log.key()
+        );
+    }
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let log = Arc::new(log);
@@ -69,14 +88,40 @@ pub async fn run(
     let mut parser = Parser::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut read_any = false;
+    let far = Duration::from_secs(86_400);
+    // Silent since (no tag read), while a grace is configured.
+    let mut silent = false;
+    let mut last_read = tokio::time::Instant::now();
     let end = loop {
+        let watching = stall.filter(|_| read_any).is_some();
+        let next_check = if !watching {
+            last_read + far
+        } else if silent {
+            last_read + stall.unwrap_or(far)
+        } else {
+            last_read + SILENCE
+        };
         tokio::select! {
+            _ = tokio::time::sleep_until(next_check) => {
+                if !silent {
+                    // Between two tags of a live stream there are milliseconds: the
+                    // publisher is gone or stuck. Splice whatever comes next at a keyframe.
+                    silent = true;
+                    hub.new_source();
+                    let _ = shared.events.send(SourceEvent::Gap);
+                    continue;
+                }
+                log.set_quiet(true);
+                process::terminate(&mut child, stop_timeout).await?;
+                break End::Stalled;
+            }
             n = stdout.read(&mut buf) => {
                 let n = n.context("failed to read the source ffmpeg's output")?;
                 if n == 0 {
                     let status = process::wait_or_kill(&mut child, stop_timeout).await?;
                     break if status.success() { End::Finished } else { End::Failed(status) };
                 }
+                last_read = tokio::time::Instant::now();
                 parser.push(&buf[..n]);
                 let garbled = loop {
                     match parser.next_tag() {
@@ -91,7 +136,8 @@ pub async fn run(
                                 // grace (if any) is over.
                                 shared.picture.send_if_modified(|p| !std::mem::replace(p, true));
                                 shared.board.source(SourcePhase::Live);
-                                shared.spliced.notify_one();
+                                let _ = shared.events.send(SourceEvent::Spliced);
+                                silent = false;
                             }
                         }
                         Ok(None) => break None,

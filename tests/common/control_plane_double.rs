@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How the double answers one request.
 #[derive(Clone, Debug)]
@@ -34,6 +34,8 @@ pub struct Recorded {
     pub path: String,
     pub body: String,
     pub authorization: Option<String>,
+    /// The status it was answered with (0: the connection was dropped unanswered).
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -43,6 +45,8 @@ struct State {
     auth: HashMap<String, Vec<Reply>>,
     forwarding: HashMap<String, Vec<Reply>>,
     stream_end: Vec<Reply>,
+    /// An outage: until then every request gets this reply (a deploy, a database failover).
+    outage: Option<(Instant, Reply)>,
     requests: Vec<Recorded>,
 }
 
@@ -112,6 +116,23 @@ impl ControlPlaneDouble {
 
     pub fn script_stream_end(&self, replies: Vec<Reply>) {
         self.state.lock().unwrap().stream_end = replies;
+    }
+
+    /// From now on and for `length`, every request is answered `reply` (e.g. a 500, or
+    /// `Reply::Drop` for an unreachable Control Plane); then the contract again.
+    pub fn outage(&self, length: Duration, reply: Reply) {
+        self.state.lock().unwrap().outage = Some((Instant::now() + length, reply));
+    }
+
+    /// Stream-ends of `key` the double answered with a 2xx: the ones the real Control Plane
+    /// would have acted on.
+    pub fn confirmed_ends(&self, key: &str) -> usize {
+        let form = format!("name={key}");
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/api/auth/stream-end" && r.body == form)
+            .filter(|r| (200..300).contains(&r.status))
+            .count()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -195,43 +216,62 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             path: path.clone(),
             body: body.clone(),
             authorization,
+            status: 0,
         });
-        match (method.as_str(), path.as_str()) {
-            ("POST", "/api/auth/stream") => {
-                let scripted = next_reply(&mut st.auth, &form_key);
-                contract_or(scripted, || {
-                    if st.streams.contains_key(&form_key) {
-                        Reply::Text(200, "OK".into())
-                    } else {
-                        Reply::Text(401, "Invalid stream key".into())
-                    }
-                })
-            }
-            ("GET", p) if p.starts_with("/api/streams/forwarding/") => {
-                let key = p.trim_start_matches("/api/streams/forwarding/").to_string();
-                let scripted = next_reply(&mut st.forwarding, &key);
-                contract_or(scripted, || match st.streams.get(&key) {
-                    Some(dests) => Reply::Json(200, forwarding_json(&key, dests)),
-                    None => Reply::Json(404, r#"{"error":"Stream key not found"}"#.into()),
-                })
-            }
-            ("POST", "/api/auth/stream-end") => {
-                let scripted = match st.stream_end.len() {
-                    0 => Reply::Contract,
-                    1 => st.stream_end[0].clone(),
-                    _ => st.stream_end.remove(0),
-                };
-                contract_or(scripted, || Reply::Text(200, "OK".into()))
-            }
-            // MediaMTX's Control API (v3) kick, for system tests that point
-            // NEUSTREAM_MEDIAMTX_API_URL here: recorded like the rest.
-            ("POST", p) if p.starts_with("/v3/") && p.contains("/kick/") => {
-                Reply::Text(200, String::new())
-            }
-            _ => Reply::Text(404, "Not found".into()),
-        }
+        let outage = match &st.outage {
+            Some((until, reply)) if Instant::now() < *until => Some(reply.clone()),
+            _ => None,
+        };
+        let reply = match outage {
+            Some(reply) => reply,
+            None => match (method.as_str(), path.as_str()) {
+                ("POST", "/api/auth/stream") => {
+                    let scripted = next_reply(&mut st.auth, &form_key);
+                    contract_or(scripted, || {
+                        if st.streams.contains_key(&form_key) {
+                            Reply::Text(200, "OK".into())
+                        } else {
+                            Reply::Text(401, "Invalid stream key".into())
+                        }
+                    })
+                }
+                ("GET", p) if p.starts_with("/api/streams/forwarding/") => {
+                    let key = p.trim_start_matches("/api/streams/forwarding/").to_string();
+                    let scripted = next_reply(&mut st.forwarding, &key);
+                    contract_or(scripted, || match st.streams.get(&key) {
+                        Some(dests) => Reply::Json(200, forwarding_json(&key, dests)),
+                        None => Reply::Json(404, r#"{"error":"Stream key not found"}"#.into()),
+                    })
+                }
+                ("POST", "/api/auth/stream-end") => {
+                    let scripted = match st.stream_end.len() {
+                        0 => Reply::Contract,
+                        1 => st.stream_end[0].clone(),
+                        _ => st.stream_end.remove(0),
+                    };
+                    contract_or(scripted, || Reply::Text(200, "OK".into()))
+                }
+                // MediaMTX's Control API (v3) kick, for system tests that point
+                // NEUSTREAM_MEDIAMTX_API_URL here: recorded like the rest.
+                ("POST", p) if p.starts_with("/v3/") && p.contains("/kick/") => {
+                    Reply::Text(200, String::new())
+                }
+                _ => Reply::Text(404, "Not found".into()),
+            },
+        };
+        let status = final_status(&reply);
+        st.requests.last_mut().unwrap().status = status;
+        reply
     };
     answer(conn, reply)
+}
+
+fn final_status(reply: &Reply) -> u16 {
+    match reply {
+        Reply::Text(s, _) | Reply::Json(s, _) => *s,
+        Reply::Delay(_, inner) => final_status(inner),
+        Reply::Drop | Reply::Contract => 0,
+    }
 }
 
 fn contract_or(reply: Reply, contract: impl FnOnce() -> Reply) -> Reply {

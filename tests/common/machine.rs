@@ -34,7 +34,7 @@ pub struct Machine {
     pub pid1: i32,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Options {
     /// Extra unit files or drop-ins (name relative to /run/systemd/system, contents) placed
     /// beside the project's units.
@@ -44,6 +44,9 @@ pub struct Options {
     /// A machine with nothing of the project in it (no units, binary, polkit rule, user or
     /// runtime directory), as a fresh host before `install.sh`.
     pub bare: bool,
+    /// A host directory bound read-write as the machine's /var/lib/neustream: state that
+    /// outlives the machine, so that a test can boot a second machine over it (a reboot).
+    pub state: Option<PathBuf>,
 }
 
 /// Fails (does not skip) when the harness cannot run here, naming what is missing.
@@ -85,7 +88,14 @@ impl Machine {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&units).unwrap();
         if !options.bare {
-            for f in ["neustream-relay@.service", "neustream.slice"] {
+            for f in [
+                "neustream-relay@.service",
+                "neustream.slice",
+                "neustream-refresh.service",
+                "neustream-refresh.timer",
+                "neustream-reconcile.service",
+                "neustream-reconcile.timer",
+            ] {
                 std::fs::copy(Path::new(PROJECT).join("systemd").join(f), units.join(f)).unwrap();
             }
         }
@@ -108,6 +118,11 @@ impl Machine {
             std::fs::write(units.join(unit), text).unwrap();
         }
         let binary = env!("CARGO_BIN_EXE_neustream");
+        let state = options
+            .state
+            .as_ref()
+            .map(|d| format!("--bind={}:/var/lib/neustream", d.display()))
+            .unwrap_or_default();
         let rules = Path::new(PROJECT).join("systemd/neustream.rules");
         let installed = if options.bare {
             String::new()
@@ -125,7 +140,7 @@ impl Machine {
              --bind-ro={project}:{project}:norbind \
              --bind-ro={units}:/run/systemd/system \
              {installed} \
-             --bind={dir}:{dir}:norbind \
+             --bind={dir}:{dir}:norbind {state} \
              -- systemd.unit=neustream-test.target",
             root = root.display(),
             project = PROJECT,
@@ -300,6 +315,23 @@ impl Machine {
             .into_iter()
             .filter(|p| comm(*p).as_deref() == Some(name))
             .collect()
+    }
+
+    /// Power loss: every process of the machine dies at once (SIGKILL to its PID 1 ends its
+    /// PID namespace), nothing is stopped cleanly; /run and the overlay go with it.
+    pub fn power_off(&mut self) {
+        let Some(mut child) = self.nspawn.take() else {
+            return;
+        };
+        unsafe { libc::kill(self.pid1, libc::SIGKILL) };
+        let done = super::wait_for(Duration::from_secs(15), Duration::from_millis(50), || {
+            child.try_wait().ok().flatten()
+        });
+        if done.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir(&self.root);
     }
 
     pub fn shutdown(&mut self) {

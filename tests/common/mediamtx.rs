@@ -123,6 +123,49 @@ pub struct Ingest {
     /// The configuration MediaMTX runs with (on the host: `<machine dir>/mediamtx.yml`).
     pub config: String,
     pub config_path: PathBuf,
+    settings: String,
+    options: Options,
+}
+
+/// A machine with MediaMTX `version` installed as the README installs it (the machine's root
+/// is a throw-away overlay), with `config` and the hooks' `settings`, and MediaMTX started.
+fn install(
+    label: &str,
+    version: &str,
+    config: &str,
+    settings: &str,
+    options: &Options,
+) -> (Machine, PathBuf) {
+    let binary = binary(version);
+    let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
+    let mut options = options.clone();
+    options.units.push((UNIT.to_string(), unit));
+    let machine = Machine::boot_with(label, options);
+    let config_path = machine.dir.join("mediamtx.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let settings_path = machine.dir.join("neustream.env");
+    std::fs::write(&settings_path, settings).unwrap();
+    let (b, c, s) = (
+        binary.to_str().unwrap(),
+        config_path.to_str().unwrap(),
+        settings_path.to_str().unwrap(),
+    );
+    machine.ok(&["ln", "-sf", b, INSTALLED_BINARY]);
+    machine.ok(&["install", "-D", "-m", "0644", c, INSTALLED_CONFIG]);
+    machine.ok(&[
+        "install",
+        "-D",
+        "-m",
+        "0640",
+        "-o",
+        "root",
+        "-g",
+        "mediamtx",
+        s,
+        SETTINGS_FILE,
+    ]);
+    machine.ok(&["systemctl", "start", UNIT]);
+    (machine, config_path)
 }
 
 impl Ingest {
@@ -130,54 +173,29 @@ impl Ingest {
     /// /usr/local/bin/mediamtx, the adapted mediamtx.yml and a settings file for the hooks that
     /// points them at `control_plane_url`, then starts MediaMTX and waits for its listeners.
     pub fn start(label: &str, version: &str, names: HookNames, control_plane_url: &str) -> Ingest {
-        let binary = binary(version);
-        let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
-        let machine = Machine::boot_with(
-            label,
-            Options {
-                units: vec![(UNIT.to_string(), unit)],
-                wants: vec![],
-                ..Default::default()
-            },
-        );
+        Self::start_with(label, version, names, control_plane_url, Options::default())
+    }
+
+    /// Like `start`, with more units, drop-ins or a persistent state directory in `options`.
+    pub fn start_with(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        control_plane_url: &str,
+        options: Options,
+    ) -> Ingest {
         let (rtmp_port, api_port) = (super::free_port(), super::free_port());
         let mut config = adapt(&shipped_config(), rtmp_port, api_port);
         if names == HookNames::Old {
             config = with_old_hook_names(&config);
         }
-        let config_path = machine.dir.join("mediamtx.yml");
-        std::fs::write(&config_path, &config).unwrap();
-        let settings = machine.dir.join("neustream.env");
-        std::fs::write(
-            &settings,
-            format!(
-                "CONTROL_PLANE_URL={control_plane_url}\n\
-                 NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{rtmp_port}\n\
-                 NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n"
-            ),
-        )
-        .unwrap();
-        // As the README installs them; the machine's root is a throw-away overlay.
-        let (b, c, s) = (
-            binary.to_str().unwrap(),
-            config_path.to_str().unwrap(),
-            settings.to_str().unwrap(),
+        let settings = format!(
+            "CONTROL_PLANE_URL={control_plane_url}\n\
+             NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{rtmp_port}\n\
+             NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n\
+             NEUSTREAM_RECONNECT_GRACE=0\n"
         );
-        machine.ok(&["ln", "-sf", b, INSTALLED_BINARY]);
-        machine.ok(&["install", "-D", "-m", "0644", c, INSTALLED_CONFIG]);
-        machine.ok(&[
-            "install",
-            "-D",
-            "-m",
-            "0640",
-            "-o",
-            "root",
-            "-g",
-            "mediamtx",
-            s,
-            SETTINGS_FILE,
-        ]);
-        machine.ok(&["systemctl", "start", UNIT]);
+        let (machine, config_path) = install(label, version, &config, &settings, &options);
         let ingest = Ingest {
             machine,
             version: version.to_string(),
@@ -185,19 +203,54 @@ impl Ingest {
             api_port,
             config,
             config_path,
+            settings,
+            options,
         };
+        ingest.wait_listening();
+        ingest
+    }
+
+    /// The host loses power and boots again: a fresh machine (new /run, new overlay) over the
+    /// same persistent state directory, MediaMTX installed as before and started as at boot.
+    pub fn power_cycle(&mut self, label: &str) {
+        self.machine.power_off();
+        self.boot_again(label);
+    }
+
+    /// The host is rebooted: shut down cleanly (systemd stops every unit), then booted as in
+    /// [`Self::power_cycle`].
+    pub fn reboot(&mut self, label: &str) {
+        self.machine.shutdown();
+        self.boot_again(label);
+    }
+
+    fn boot_again(&mut self, label: &str) {
+        let (machine, config_path) = install(
+            label,
+            &self.version,
+            &self.config,
+            &self.settings,
+            &self.options,
+        );
+        self.machine = machine;
+        self.config_path = config_path;
+        self.wait_listening();
+    }
+
+    fn wait_listening(&self) {
+        let (rtmp_port, version) = (self.rtmp_port, &self.version);
         let up = super::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
             (TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok()
-                && ingest.api("/v3/paths/list").is_some())
+                && self.api("/v3/paths/list").is_some())
             .then_some(())
         });
         assert!(
             up.is_some(),
             "MediaMTX {version} did not listen on 127.0.0.1:{rtmp_port} (RTMP) and \
-             127.0.0.1:{api_port} (API):\n{}",
-            ingest.log()
+             127.0.0.1:{} (API):\n{}",
+            self.api_port,
+            self.log()
         );
-        ingest
     }
 
     /// Where a publisher of `key` publishes.

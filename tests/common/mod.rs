@@ -11,6 +11,7 @@ pub mod mediamtx;
 pub mod nginx;
 pub mod publish_hooks;
 pub mod rtmps;
+pub mod scene;
 pub mod slow_link;
 pub mod stack;
 

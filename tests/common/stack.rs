@@ -180,6 +180,9 @@ impl Stack {
             ),
             // The double also answers MediaMTX's kick endpoint, and records the call.
             ("NEUSTREAM_MEDIAMTX_API_URL".into(), self.cp.url()),
+            // Streams end with their publisher, as before the grace existed; the grace's own
+            // tests (tests/grace.rs) set it.
+            ("NEUSTREAM_RECONNECT_GRACE".into(), "0".into()),
         ]
     }
 
