@@ -89,6 +89,7 @@ if (( uninstall )); then
   systemctl disable --now mediamtx.service 2>/dev/null || true
   systemctl disable --now neustream-refresh.timer neustream-reconcile.timer 2>/dev/null || true
   systemctl stop 'neustream-relay@*.service' 2>/dev/null || true
+  systemctl disable --now neustream-metrics.socket neustream-metrics.service 2>/dev/null || true
   log "removing the files install.sh installed"
   while IFS= read -r path; do
     [[ -n $path && ( -e $path || -L $path ) ]] || continue
@@ -266,7 +267,8 @@ if [[ -f $STAGE/mediamtx ]]; then
   record "$BIN_DIR/mediamtx"
 fi
 for unit in neustream-relay@.service neustream.slice neustream-refresh.service neustream-refresh.timer \
-    neustream-reconcile.service neustream-reconcile.timer mediamtx.service; do
+    neustream-reconcile.service neustream-reconcile.timer mediamtx.service \
+    neustream-metrics.socket neustream-metrics.service; do
   put "$SRC/systemd/$unit" "$UNIT_DIR/$unit" 0644
   record "$UNIT_DIR/$unit"
 done

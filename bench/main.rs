@@ -4,7 +4,7 @@
 //! stream goes live, what a relay costs and how many streams the box carries, and prints a
 //! Markdown report. See docs/performance.md for what each figure measures and how.
 //!
-//! Figures: latency ttff join cost scale storm recovery (default: all). Options (also
+//! Figures: latency ttff join cost scale storm recovery scrape (default: all). Options (also
 //! `--quick` for a short run of every figure): see `usage()`.
 
 #[path = "../tests/common/mod.rs"]
@@ -20,8 +20,8 @@ mod tap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const FIGURES: [&str; 7] = [
-    "latency", "ttff", "join", "cost", "scale", "storm", "recovery",
+pub const FIGURES: [&str; 8] = [
+    "latency", "ttff", "join", "cost", "scale", "storm", "recovery", "scrape",
 ];
 
 /// Sizes and repetitions of every figure.
@@ -39,6 +39,8 @@ pub struct Opts {
     pub storm_streams: Vec<usize>,
     pub recovery_runs: usize,
     pub outage: f64,
+    pub scrape_relays: usize,
+    pub scrape_runs: usize,
     /// Baselines to run beside neustream: v1, restreamer, seed, mediamtx, nginx.
     pub baselines: Vec<String>,
     pub profile: bool,
@@ -60,6 +62,8 @@ impl Default for Opts {
             storm_streams: vec![100],
             recovery_runs: 3,
             outage: 6.0,
+            scrape_relays: 100,
+            scrape_runs: 50,
             baselines: layouts::BASELINES.iter().map(|s| s.to_string()).collect(),
             profile: true,
             out: None,
@@ -92,7 +96,7 @@ impl Opts {
 
 fn usage() -> &'static str {
     "usage: bench/run.sh [FIGURE...] [OPTION...]\n\
-     figures: latency ttff join cost scale storm recovery (default: all)\n\
+     figures: latency ttff join cost scale storm recovery scrape (default: all)\n\
      options:\n\
      \x20 --quick                    small sizes for every figure (about 15 minutes in all)\n\
      \x20 --latency-runs N           hook runs for figure 1 (200)\n\
@@ -107,6 +111,8 @@ fn usage() -> &'static str {
      \x20 --storm-streams A,B        streams of figure 5, one storm per count (100)\n\
      \x20 --recovery-runs N          outages per layout in figure 6 (3)\n\
      \x20 --outage SECONDS           how long a destination stays away in figure 6 (6)\n\
+     \x20 --scrape-relays N         relays (state files and units) for figure scrape (100)\n\
+     \x20 --scrape-runs N           timed scrapes for figure scrape (50)\n\
      \x20 --baselines a,b            which of v1,restreamer,seed,mediamtx,nginx to run beside\n\
      \x20                            neustream (all; `--baselines ''` for none)\n\
      \x20 --no-profile               skip the hook profile printed when figure 1 misses its goal\n\
@@ -157,6 +163,8 @@ fn parse_args() -> Result<Opts, String> {
             "--storm-streams" => opts.storm_streams = list(value()?)?,
             "--recovery-runs" => opts.recovery_runs = num(value()?)?,
             "--outage" => opts.outage = float(value()?)?,
+            "--scrape-relays" => opts.scrape_relays = num(value()?)?,
+            "--scrape-runs" => opts.scrape_runs = num(value()?)?,
             "--baselines" => {
                 opts.baselines = value()?
                     .split(',')
@@ -302,6 +310,7 @@ fn main() {
             "scale" => figures::scale::run(&opts),
             "storm" => figures::storm::run(&opts),
             "recovery" => figures::recovery::run(&opts),
+            "scrape" => figures::scrape::run(&opts),
             _ => unreachable!(),
         };
         let section = format!(

@@ -269,6 +269,49 @@ in
       };
     };
 
+    metrics = {
+      enable = lib.mkEnableOption ''
+        the Prometheus metrics exporter: neustream-metrics.socket (started at boot) and
+        neustream-metrics.service (started by the first scrape), serving `GET /metrics` with every
+        relay's and destination's state, bytes, TCP counters and systemd's CPU and memory
+        accounting (see the README's "Metrics")'';
+
+      listenAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        example = "0.0.0.0";
+        description = ''
+          Address the metrics socket listens on (an IPv4 address, or an IPv6 address without
+          brackets). The default keeps it on loopback: a Prometheus on this host, or a tunnel.
+        '';
+      };
+
+      port = mkOption {
+        type = types.port;
+        default = 9431;
+        description = "TCP port of `GET /metrics`.";
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether to open {option}`services.neustream.metrics.port` in the firewall (for a Prometheus on another host; set {option}`services.neustream.metrics.listenAddress` too).";
+      };
+
+      streamLabel = mkOption {
+        type = types.enum [
+          "id"
+          "key"
+        ];
+        default = "id";
+        description = ''
+          What the `stream` label holds: `id`, a 16-hex-digit digest of the ingest key (shown by
+          `neustream status`), or `key`, the ingest key itself. Metric labels travel to every
+          dashboard and long-term store; an ingest key lets its holder publish as the streamer.
+        '';
+      };
+    };
+
     settings = mkOption {
       default = { };
       example = lib.literalExpression ''
@@ -334,7 +377,7 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = lib.mkIf cfg.enable (lib.mkMerge [ {
     assertions = [
       {
         assertion = cpUrl != null || cfg.settings.NEUSTREAM_STREAMS_FILE != null;
@@ -395,6 +438,16 @@ in
       {
         assertion = (mtx.settings.api or true) != false;
         message = "services.mediamtx.settings.api is false, but the Neustream hooks use MediaMTX's Control API to drop rejected publishers: remove that setting.";
+      }
+      {
+        assertion = !cfg.metrics.enable || cfg.metrics.port != cfg.rtmpPort;
+        message = "services.neustream.metrics.port and services.neustream.rtmpPort are both ${portString}: give the metrics another port (default 9431).";
+      }
+      {
+        assertion =
+          !(cfg.metrics.enable && cfg.metrics.openFirewall)
+          || !(lib.hasPrefix "127." cfg.metrics.listenAddress || cfg.metrics.listenAddress == "::1");
+        message = "services.neustream.metrics.openFirewall is set but services.neustream.metrics.listenAddress is the loopback address ${cfg.metrics.listenAddress}: set listenAddress to an address other hosts reach (e.g. \"0.0.0.0\"), or leave the firewall closed.";
       }
       {
         assertion = (effectiveSettings.NEUSTREAM_RUNTIME_DIR or runtimeDir) == runtimeDir;
@@ -570,8 +623,42 @@ in
       wantedBy = [ "timers.target" ];
     };
 
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.rtmpPort ];
-  };
+    networking.firewall.allowedTCPPorts =
+      lib.optionals cfg.openFirewall [ cfg.rtmpPort ]
+      ++ lib.optionals (cfg.metrics.enable && cfg.metrics.openFirewall) [ cfg.metrics.port ];
+  }
+
+  (lib.mkIf cfg.metrics.enable {
+    # ---- Metrics: neustream-metrics.socket and .service from the package; the address as a
+    # drop-in, the socket started at boot.
+    systemd.sockets.neustream-metrics = {
+      overrideStrategy = "asDropin";
+      wantedBy = [ "sockets.target" ];
+      socketConfig.ListenStream = [
+        ""
+        (
+          if lib.hasInfix ":" cfg.metrics.listenAddress then
+            "[${cfg.metrics.listenAddress}]:${toString cfg.metrics.port}"
+          else
+            "${cfg.metrics.listenAddress}:${toString cfg.metrics.port}"
+        )
+      ];
+    };
+    systemd.services.neustream-metrics = {
+      overrideStrategy = "asDropin";
+      environment.NEUSTREAM_METRICS_STREAM_LABEL = cfg.metrics.streamLabel;
+    };
+    # The exporter's user (systemd/neustream.sysusers.conf on Debian): static, because
+    # dbus-daemon does not admit DynamicUser= users, and the exporter reads unit properties
+    # over D-Bus.
+    users.users.neustream-metrics = {
+      isSystemUser = true;
+      group = "neustream-metrics";
+      description = "Neustream metrics exporter";
+    };
+    users.groups.neustream-metrics = { };
+  })
+  ]);
 
   meta.maintainers = [ ];
 }

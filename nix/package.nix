@@ -48,8 +48,10 @@ rustPlatform.buildRustPackage {
       # The units reference the binary as /usr/local/bin/neustream (Debian layout).
       install -Dm444 -t $out/lib/systemd/system systemd/neustream-relay@.service systemd/neustream.slice \
         systemd/neustream-reconcile.service systemd/neustream-reconcile.timer \
-        systemd/neustream-refresh.service systemd/neustream-refresh.timer
-      for unit in neustream-relay@.service neustream-reconcile.service neustream-refresh.service; do
+        systemd/neustream-refresh.service systemd/neustream-refresh.timer \
+        systemd/neustream-metrics.socket systemd/neustream-metrics.service
+      for unit in neustream-relay@.service neustream-reconcile.service neustream-refresh.service \
+        neustream-metrics.service; do
         substituteInPlace $out/lib/systemd/system/$unit \
           --replace-fail /usr/local/bin/neustream $out/bin/neustream
       done

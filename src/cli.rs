@@ -62,6 +62,13 @@ pub enum Command {
     /// ExecStart of neustream-relay@.service: copy the stream to every destination listed in the
     /// unit's environment (NEUSTREAM_SOURCE_URL, NEUSTREAM_DEST_<i>_RTMP_URL, ...).
     Relay(RelayArgs),
+    /// Every relay on this node (or one stream's): its state and destinations, and the CPU and
+    /// memory systemd accounts to its unit. Any local user; no secrets. Exit status: 0 every
+    /// destination live, 1 any not, 2 cannot tell.
+    Status(StatusArgs),
+    /// ExecStart of neustream-metrics.service: serve GET /metrics (Prometheus text format) on
+    /// the socket systemd passes, or on --listen; --once prints one scrape.
+    Metrics(MetricsArgs),
     /// Fetch the destinations of live streams again and apply what changed to their running
     /// relays (neustream-refresh.timer; by hand for one KEY).
     Refresh(RefreshArgs),
@@ -307,6 +314,68 @@ pub struct RelayArgs {
     /// unit's runtime directory ($RUNTIME_DIRECTORY).
     #[arg(long, env = "NEUSTREAM_RELAY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only this stream: its key (as the unit names it), its unit instance or its id.
+    #[arg(value_name = "KEY")]
+    pub stream: Option<String>,
+
+    /// Print JSON (one object: every relay, with its destinations and systemd's accounting).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ViewArgs {
+    /// Directory of the relays' runtime directories (each holding a state.json).
+    #[arg(
+        long,
+        env = "NEUSTREAM_RELAYS_DIR",
+        default_value = "/run/neustream/relays",
+        value_name = "DIR"
+    )]
+    pub relays_dir: PathBuf,
+
+    /// Time allowed for systemd to answer over D-Bus.
+    #[arg(long, env = "NEUSTREAM_SYSTEMD_TIMEOUT", default_value = "2s",
+          value_parser = parse_duration)]
+    pub systemd_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct MetricsArgs {
+    /// Address to listen on when systemd did not pass a socket (neustream-metrics.socket
+    /// sets the address in production).
+    #[arg(
+        long,
+        env = "NEUSTREAM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9431",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// What the `stream` label holds: `id`, a digest of the ingest key (16 hex digits, shown by
+    /// `neustream status`), or `key`, the ingest key itself.
+    #[arg(
+        long,
+        env = "NEUSTREAM_METRICS_STREAM_LABEL",
+        value_enum,
+        default_value = "id"
+    )]
+    pub stream_label: crate::operator::StreamLabel,
+
+    /// Print one scrape to standard output and exit (e.g. for node_exporter's textfile
+    /// collector).
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(flatten)]
+    pub view: ViewArgs,
 }
 
 #[cfg(test)]

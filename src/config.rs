@@ -16,9 +16,11 @@ pub const STREAM_VAR_PREFIX: &str = "NEUSTREAM_";
 /// The relay does not read it: its unit gives it all it needs, and as a transient user it
 /// cannot read the file (which holds the Control Plane token).
 pub fn load_settings_file() -> anyhow::Result<()> {
+    // Nor do `status` and `metrics`: any local user runs them, and they read only what the
+    // relays publish.
     if matches!(
         subcommand(std::env::args().skip(1)).as_deref(),
-        Some("relay" | "relay-reload")
+        Some("relay" | "relay-reload" | "status" | "metrics")
     ) {
         return Ok(());
     }
@@ -101,6 +103,23 @@ pub fn runtime_directory() -> Option<PathBuf> {
     let value = std::env::var_os("RUNTIME_DIRECTORY")?;
     let first = value.to_str()?.split(':').next()?.to_owned();
     (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// The listening socket systemd passed (socket activation, sd_listen_fds(3)): descriptor 3 when
+/// `LISTEN_PID` is this process and `LISTEN_FDS` is at least 1. The variables are removed, so
+/// that no child takes the socket for its own.
+pub fn passed_listener() -> Option<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    // SAFETY: systemd hands us descriptor 3 (SD_LISTEN_FDS_START), open and ours alone.
+    Some(unsafe { std::net::TcpListener::from_raw_fd(3) })
 }
 
 /// `JOURNAL_STREAM` (device:inode of the journal stream systemd connected us to), if set.

@@ -9,6 +9,7 @@ mod destination;
 mod envfile;
 mod logging;
 mod mediamtx;
+mod operator;
 mod relay;
 mod sessions;
 mod stream_key;

@@ -224,6 +224,72 @@ impl Systemd {
     }
 }
 
+/// What systemd itself knows of one relay unit: its state and its own resource accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitUsage {
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// `CPUUsageNSec`: CPU time of the whole cgroup (relay and every ffmpeg), when accounted.
+    pub cpu_nsec: Option<u64>,
+    /// `MemoryCurrent`: memory of the cgroup, when accounted.
+    pub memory_bytes: Option<u64>,
+    /// `NRestarts`: automatic restarts since the unit was last started by hand or by the hook.
+    pub restarts: Option<u32>,
+}
+
+impl Systemd {
+    /// Every loaded `neustream-relay@*.service`, with its accounting. Reading unit properties
+    /// needs no privilege: any local user may call this.
+    pub async fn relay_usage(&self, timeout: Duration) -> Result<Vec<UnitUsage>, SystemdError> {
+        const PATTERN: &str = "neustream-relay@*.service";
+        let work = async {
+            let units = self
+                .manager
+                .list_units_by_patterns(Vec::new(), vec![PATTERN.into()])
+                .await
+                .map_err(|e| call_error("list", PATTERN, e))?;
+            let conn = self.manager.inner().connection();
+            let reads = units.into_iter().map(|u| async move {
+                let (unit, active_state, sub_state, path) = (u.0, u.3, u.4, u.6);
+                let service = zbus_systemd::systemd1::ServiceProxy::builder(conn)
+                    .path(path)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await;
+                let (cpu, memory, restarts) = match service {
+                    Ok(p) => {
+                        let (c, m, r) =
+                            tokio::join!(p.cpu_usage_n_sec(), p.memory_current(), p.n_restarts());
+                        (c.ok(), m.ok(), r.ok())
+                    }
+                    Err(_) => (None, None, None),
+                };
+                // systemd reports u64::MAX for "not accounted".
+                let known = |v: Option<u64>| v.filter(|&v| v != u64::MAX);
+                UnitUsage {
+                    unit,
+                    active_state,
+                    sub_state,
+                    cpu_nsec: known(cpu),
+                    memory_bytes: known(memory),
+                    restarts,
+                }
+            });
+            Ok(futures_util::future::join_all(reads).await)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SystemdError::Timeout {
+                    verb: "list",
+                    unit: PATTERN.into(),
+                    timeout,
+                })
+            })
+    }
+}
+
 fn is_no_such_unit(err: &zbus::Error) -> bool {
     matches!(err, zbus::Error::MethodError(name, _, _)
         if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")

@@ -24,12 +24,14 @@ use common::nginx::RtmpServer;
 const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
 const VERSION: &str = "v1.21.0";
 /// Everything install.sh installs that is not configuration.
-const INSTALLED: [&str; 9] = [
+const INSTALLED: [&str; 11] = [
     "/usr/local/bin/neustream",
     "/usr/local/bin/mediamtx",
     "/etc/systemd/system/neustream-relay@.service",
     "/etc/systemd/system/neustream.slice",
     "/etc/systemd/system/mediamtx.service",
+    "/etc/systemd/system/neustream-metrics.socket",
+    "/etc/systemd/system/neustream-metrics.service",
     "/etc/polkit-1/rules.d/50-neustream.rules",
     "/etc/sysusers.d/neustream.conf",
     "/etc/tmpfiles.d/neustream.conf",

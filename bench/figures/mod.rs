@@ -5,5 +5,6 @@ pub mod join;
 pub mod latency;
 pub mod recovery;
 pub mod scale;
+pub mod scrape;
 pub mod storm;
 pub mod ttff;

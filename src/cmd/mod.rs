@@ -1,11 +1,13 @@
 //! One file per subcommand, each with one `run`.
 
 mod hook;
+mod metrics;
 mod ready;
 mod reconcile;
 mod refresh;
 mod relay;
 mod relay_reload;
+mod status;
 mod streams;
 mod unpublish;
 
@@ -28,6 +30,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Unpublish(args) => unpublish::run(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Relay(args) => relay::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::RelayReload(args) => relay_reload::run(args),
         Command::Refresh(args) => refresh::run(args),
         Command::Streams(command) => streams::run(command),
@@ -50,6 +54,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<ConfigError>()) {
         EXIT_CONFIG
+    } else if let Some(status::Verdict { code, .. }) = err.downcast_ref() {
+        *code
     } else {
         1
     }

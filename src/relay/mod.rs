@@ -23,6 +23,7 @@ mod queue;
 mod silence;
 mod source;
 pub mod state;
+mod tcpinfo;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -289,7 +290,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         warn!(stream_key = %key, "{key}: destinations still stopping after {:?}", settings.stop_timeout);
     }
     publisher.abort();
-    publish_once(&shared, settings.state_dir.as_deref());
+    publish_once(&shared, settings.state_dir.as_deref(), None);
     if let Some(dir) = &settings.state_dir {
         let _ = std::fs::remove_file(dir.join(control::SOCKET));
     }
@@ -398,6 +399,7 @@ fn diff(running: &[Arc<Output>], wanted: &[Destination]) -> Diff {
 }
 
 async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
+    let mut tcp = tcpinfo::Sampler::default();
     loop {
         tokio::select! {
             _ = shared.board.changed() => {
@@ -406,13 +408,27 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
             }
             _ = tokio::time::sleep(STATE_EVERY) => {}
         }
-        publish_once(&shared, dir.as_deref());
+        publish_once(&shared, dir.as_deref(), Some(&mut tcp));
     }
 }
 
-fn publish_once(shared: &Shared, dir: Option<&std::path::Path>) {
+fn publish_once(
+    shared: &Shared,
+    dir: Option<&std::path::Path>,
+    tcp: Option<&mut tcpinfo::Sampler<Output>>,
+) {
     let outputs = shared.hub.outputs();
     let mut states: Vec<_> = outputs.iter().map(|o| o.state()).collect();
+    if let Some(tcp) = tcp {
+        let children: Vec<_> = outputs
+            .iter()
+            .zip(&states)
+            .map(|(o, s)| (o, s.pid))
+            .collect();
+        for (s, t) in states.iter_mut().zip(tcp.sample(&children)) {
+            s.tcp = t;
+        }
+    }
     let (status, json) = shared.board.render(&mut states);
     for (o, s) in outputs.iter().zip(&states) {
         o.merge_rate(s);

@@ -237,6 +237,7 @@ async fn session(
             };
         }
     };
+    output.state.lock().unwrap().pid = child.id();
     let stdin = child.stdin.take().expect("stdin is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (signals, mut signal_rx) = mpsc::unbounded_channel();
@@ -295,6 +296,7 @@ async fn session(
         }
     };
     queue.close();
+    output.state.lock().unwrap().pid = None;
     // The last lines (the reason of a failure) come after the exit: read them all.
     let _ = tokio::time::timeout(Duration::from_secs(1), lines).await;
     while let Ok(signal) = signal_rx.try_recv() {

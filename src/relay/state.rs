@@ -81,6 +81,12 @@ pub struct DestinationState {
     pub retry_at: Option<u64>,
     /// Times its queue overflowed (it did not keep up and skipped to a keyframe).
     pub queue_overflows: u64,
+    /// The socket's own counters (`tcp_info`), all sessions; absent when not readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<super::tcpinfo::Totals>,
+    /// The current session's ffmpeg, for [`super::tcpinfo`].
+    #[serde(skip)]
+    pub(super) pid: Option<u32>,
     #[serde(skip)]
     pub(super) rate_mark: Option<(Instant, u64)>,
 }
@@ -137,6 +143,8 @@ impl DestinationState {
             last_error: None,
             retry_at: None,
             queue_overflows: 0,
+            tcp: None,
+            pid: None,
             rate_mark: None,
         }
     }
