@@ -31,7 +31,7 @@ const LOUD_FAILURES: u32 = 3;
 /// While a destination is unreachable, how often its port is tried (a TCP connect, no RTMP,
 /// no key) during the backoff wait, so that it is back within a fraction of a second of
 /// accepting connections again.
-const PROBE_EVERY: Duration = Duration::from_millis(200);
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How one session ended.
