@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mediamtx::{self as mtx, ms, Feed, HookNames};
-use common::scene::{Scene, AUTH, STREAM_END};
+use common::scene::{dest_key, Scene, AUTH, STREAM_END};
 
 /// (a) publish → `neustream ready` → relay → three destinations; stop → `neustream unpublish`
 /// → relay stopped, one stream-end.
@@ -416,4 +416,61 @@ fn stopping_mediamtx_ends_its_streams() {
     assert_eq!(s.sessions(key), ["auth", "end"], "{}", s.ingest.log());
     assert_eq!(s.ingest.env_file(key), None);
     assert!(s.ingest.active_relays().is_empty());
+}
+
+/// OBS loses its connection and comes back 4 s later (a new connection: MediaMTX runs the old
+/// publisher's unpublish and the new one's ready), with the reconnect grace on: every
+/// destination keeps its one publish session, the relay is reloaded, not restarted, and the
+/// Control Plane sees no end.
+#[test]
+fn obs_reconnect_within_the_grace_keeps_every_destination_session() {
+    let s = Scene::start("grace", mtx::VERSION, HookNames::Shipped);
+    // The hooks read the settings file at every run.
+    s.ingest.machine.ok(&[
+        "sed",
+        "-i",
+        "s/^NEUSTREAM_RECONNECT_GRACE=0$/NEUSTREAM_RECONNECT_GRACE=20s/",
+        "/etc/neustream/neustream.env",
+    ]);
+    let key = "obs_grace_7";
+    s.add_stream(key);
+    let mut old = s.publish(key, "old");
+    let old_id = s.publisher_id(key);
+    s.wait_relay(key, "active", Duration::from_secs(15));
+    s.wait_receiving(key, &[0, 0, 0], 30);
+    s.ingest.wait_hooks_done(Duration::from_secs(10));
+    let before = s.relay(key, &["NRestarts", "MainPID"]);
+
+    old.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    let mut new = s.publish(key, "new");
+    let new_id = common::wait_for(Duration::from_secs(20), ms(100), || {
+        s.ingest
+            .env_var(key, "NEUSTREAM_MTX_SOURCE_ID")
+            .filter(|id| *id != old_id)
+    })
+    .unwrap_or_else(|| panic!("the new publisher never took over\n{}", s.ingest.log()));
+    let base = s.frames(key);
+    s.wait_receiving(key, &base, 60);
+    s.ingest.wait_hooks_done(Duration::from_secs(25));
+    let log = s.ingest.log();
+    for (i, dest) in s.dests.iter().enumerate() {
+        assert_eq!(
+            dest.publishes(&dest_key(key, i)),
+            1,
+            "destination {i}: one publish session across the drop\n{log}"
+        );
+    }
+    let after = s.relay(key, &["NRestarts", "MainPID", "ActiveState"]);
+    assert_eq!(after["NRestarts"], before["NRestarts"], "{after:?}");
+    assert_eq!(after["MainPID"], before["MainPID"], "{after:?}\n{log}");
+    assert_eq!(after["ActiveState"], "active");
+    assert_eq!(s.sessions(key), ["auth", "auth"], "no end between\n{log}");
+    assert!(
+        s.relay_log(key)
+            .contains(&format!("new publisher {new_id}")),
+        "{}",
+        s.relay_log(key)
+    );
+    new.stop();
 }

@@ -94,6 +94,14 @@ impl RtmpServer {
         format!("rtmp://127.0.0.1:{}/{app_and_name}", self.port)
     }
 
+    /// How many publish sessions of stream `name` the server accepted (its own log).
+    pub fn publishes(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("error.log"))
+            .unwrap_or_default()
+            .matches(&format!("publish: name='{name}'"))
+            .count()
+    }
+
     pub fn recording(&self, name: &str) -> PathBuf {
         self.dir.join("rec").join(format!("{name}.flv"))
     }
