@@ -36,13 +36,7 @@ impl Hook {
         let key = StreamKey::from_path(&args.path)
             .with_context(|| format!("refusing stream path '{}'", printable(&args.path)))?;
         let s = &args.settings;
-        let authority = Authority::new(
-            s.control_plane_url.as_deref(),
-            s.control_plane_token.as_deref(),
-            s.allow_insecure_control_plane,
-            s.streams_file.as_deref(),
-        )
-        .map_err(ConfigError)?;
+        let authority = authority(s)?;
         let dir = StreamDir::open(&s.runtime_dir)?;
         let sessions = open_sessions(s)?;
         Ok(Hook {
@@ -299,6 +293,17 @@ pub async fn kick(settings: &HookSettings, source_type: &str, source_id: &str, l
         Ok(()) => info!("{label}: publisher {source_id} disconnected"),
         Err(e) => error!("{label}: failed to disconnect the publisher: {e}"),
     }
+}
+
+/// The authority the settings name (the Control Plane, or the streams file).
+pub fn authority(s: &HookSettings) -> anyhow::Result<Authority> {
+    Ok(Authority::new(
+        s.control_plane_url.as_deref(),
+        s.control_plane_token.as_deref(),
+        s.allow_insecure_control_plane,
+        s.streams_file.as_deref(),
+    )
+    .map_err(ConfigError)?)
 }
 
 /// How often `unpublish` looks for a new publisher during the grace.

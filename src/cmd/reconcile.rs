@@ -111,13 +111,7 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<()> {
 
 async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     let s = &args.settings;
-    let authority = Authority::new(
-        s.control_plane_url.as_deref(),
-        s.control_plane_token.as_deref(),
-        s.allow_insecure_control_plane,
-        s.streams_file.as_deref(),
-    )
-    .map_err(super::ConfigError)?;
+    let authority = super::hook::authority(s)?;
     let systemd = match Systemd::connect(s.unit_timeout).await {
         Ok(systemd) => Some(systemd),
         Err(e) => {

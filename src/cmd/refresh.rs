@@ -18,13 +18,7 @@ use crate::systemd::{self, Systemd};
 
 pub fn run(args: RefreshArgs) -> anyhow::Result<()> {
     let s = &args.settings;
-    let authority = Authority::new(
-        s.control_plane_url.as_deref(),
-        s.control_plane_token.as_deref(),
-        s.allow_insecure_control_plane,
-        s.streams_file.as_deref(),
-    )
-    .map_err(ConfigError)?;
+    let authority = super::hook::authority(s)?;
     let dir = StreamDir::open(&s.runtime_dir)?;
     let keys = match &args.key {
         Some(key) => vec![StreamKey::parse(key)

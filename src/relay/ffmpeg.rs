@@ -48,15 +48,25 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// Every ffmpeg of the relay: quiet but for its log lines, each with its level.
+const QUIET: [&str; 5] = [
+    "-hide_banner",
+    "-nostdin",
+    "-nostats",
+    "-loglevel",
+    "level+info",
+];
+
+/// Audio and video as they are, in the input's time base (FLV: 1 ms): with ffmpeg's
+/// 1/framerate codec time base, the 1 ms DTS steps MediaMTX writes between B-frames collide
+/// when rounded ("Non-monotonous DTS", once per frame).
+const COPY: [&str; 8] = ["-map", "0:v?", "-map", "0:a?", "-c", "copy", "-copytb", "1"];
+
 /// The source: reads the stream from the ingest and writes it as FLV to stdout, without the
 /// end-of-sequence tag (a source's end is not the stream's end at the destinations).
 pub fn source_args(source_url: &str) -> Vec<String> {
-    let mut args = strings(&[
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        "level+info",
+    let mut args = strings(&QUIET);
+    args.extend(strings(&[
         // Fast start: skip frame-rate probing (~1.3 s); -c copy needs no decoding.
         "-fpsprobesize",
         "0",
@@ -66,17 +76,9 @@ pub fn source_args(source_url: &str) -> Vec<String> {
         RW_TIMEOUT_US,
         "-i",
         source_url,
-        "-map",
-        "0:v?",
-        "-map",
-        "0:a?",
-        "-c",
-        "copy",
-        // Timestamps in the input's time base (FLV: 1 ms): with ffmpeg's 1/framerate codec
-        // time base, the 1 ms DTS steps MediaMTX writes between B-frames collide when rounded
-        // ("Non-monotonous DTS", once per frame).
-        "-copytb",
-        "1",
+    ]));
+    args.extend(strings(&COPY));
+    args.extend(strings(&[
         "-flush_packets",
         "1",
         "-f",
@@ -84,7 +86,7 @@ pub fn source_args(source_url: &str) -> Vec<String> {
         "-flvflags",
         "no_sequence_end+no_duration_filesize",
         "pipe:1",
-    ]);
+    ]));
     args.shrink_to_fit();
     args
 }
@@ -92,12 +94,8 @@ pub fn source_args(source_url: &str) -> Vec<String> {
 /// One destination: reads FLV from stdin (the relay's queue for it) and publishes it.
 pub fn destination_args(dest: &Destination) -> Vec<String> {
     let preset = format!("/dev/fd/{PRESET_FD}");
-    let mut args = strings(&[
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        "level+info",
+    let mut args = strings(&QUIET);
+    args.extend(strings(&[
         // The relay sends the codec configuration and a keyframe first: no probing needed.
         "-probesize",
         "32",
@@ -109,14 +107,9 @@ pub fn destination_args(dest: &Destination) -> Vec<String> {
         "flv",
         "-i",
         "pipe:0",
-        "-map",
-        "0:v?",
-        "-map",
-        "0:a?",
-        "-c",
-        "copy",
-        "-copytb",
-        "1",
+    ]));
+    args.extend(strings(&COPY));
+    args.extend(strings(&[
         "-f",
         "flv",
         "-flvflags",
@@ -126,7 +119,7 @@ pub fn destination_args(dest: &Destination) -> Vec<String> {
         "-rw_timeout",
         RW_TIMEOUT_US,
         "-fpre",
-    ]);
+    ]));
     args.push(preset);
     args.push(dest.public_url().to_owned());
     args
