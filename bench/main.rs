@@ -4,7 +4,7 @@
 //! stream goes live, what a relay costs and how many streams the box carries, and prints a
 //! Markdown report. See docs/performance.md for what each figure measures and how.
 //!
-//! Figures: latency ttff join cost scale storm recovery (default: all). Options (also
+//! Figures: latency ttff join cost scale storm recovery drop (default: all). Options (also
 //! `--quick` for a short run of every figure): see `usage()`.
 
 #[path = "../tests/common/mod.rs"]
@@ -20,8 +20,8 @@ mod tap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const FIGURES: [&str; 7] = [
-    "latency", "ttff", "join", "cost", "scale", "storm", "recovery",
+pub const FIGURES: [&str; 8] = [
+    "latency", "ttff", "join", "cost", "scale", "storm", "recovery", "drop",
 ];
 
 /// Sizes and repetitions of every figure.
@@ -39,6 +39,8 @@ pub struct Opts {
     pub storm_streams: Vec<usize>,
     pub recovery_runs: usize,
     pub outage: f64,
+    pub drop_runs: usize,
+    pub drop_gap: f64,
     /// Baselines to run beside neustream: v1, restreamer, seed, mediamtx, nginx.
     pub baselines: Vec<String>,
     pub profile: bool,
@@ -60,6 +62,8 @@ impl Default for Opts {
             storm_streams: vec![100],
             recovery_runs: 3,
             outage: 6.0,
+            drop_runs: 3,
+            drop_gap: 4.0,
             baselines: layouts::BASELINES.iter().map(|s| s.to_string()).collect(),
             profile: true,
             out: None,
@@ -81,6 +85,7 @@ impl Opts {
             storm_streams: vec![20],
             recovery_runs: 1,
             outage: 5.0,
+            drop_runs: 1,
             ..Opts::default()
         }
     }
@@ -92,7 +97,7 @@ impl Opts {
 
 fn usage() -> &'static str {
     "usage: bench/run.sh [FIGURE...] [OPTION...]\n\
-     figures: latency ttff join cost scale storm recovery (default: all)\n\
+     figures: latency ttff join cost scale storm recovery drop (default: all)\n\
      options:\n\
      \x20 --quick                    small sizes for every figure (about 15 minutes in all)\n\
      \x20 --latency-runs N           hook runs for figure 1 (200)\n\
@@ -107,6 +112,8 @@ fn usage() -> &'static str {
      \x20 --storm-streams A,B        streams of figure 5, one storm per count (100)\n\
      \x20 --recovery-runs N          outages per layout in figure 6 (3)\n\
      \x20 --outage SECONDS           how long a destination stays away in figure 6 (6)\n\
+     \x20 --drop-runs N              publisher drops per layout in figure 7 (3)\n\
+     \x20 --drop-gap SECONDS         how long the publisher stays away in figure 7 (4)\n\
      \x20 --baselines a,b            which of v1,restreamer,seed,mediamtx,nginx to run beside\n\
      \x20                            neustream (all; `--baselines ''` for none)\n\
      \x20 --no-profile               skip the hook profile printed when figure 1 misses its goal\n\
@@ -157,6 +164,8 @@ fn parse_args() -> Result<Opts, String> {
             "--storm-streams" => opts.storm_streams = list(value()?)?,
             "--recovery-runs" => opts.recovery_runs = num(value()?)?,
             "--outage" => opts.outage = float(value()?)?,
+            "--drop-runs" => opts.drop_runs = num(value()?)?,
+            "--drop-gap" => opts.drop_gap = float(value()?)?,
             "--baselines" => {
                 opts.baselines = value()?
                     .split(',')
@@ -302,6 +311,7 @@ fn main() {
             "scale" => figures::scale::run(&opts),
             "storm" => figures::storm::run(&opts),
             "recovery" => figures::recovery::run(&opts),
+            "drop" => figures::drop::run(&opts),
             _ => unreachable!(),
         };
         let section = format!(
