@@ -91,6 +91,9 @@ struct Run {
     sessions: Vec<usize>,
     /// Per destination: video frames per second during the drop.
     fps_during: Vec<f64>,
+    /// Seconds from the drop to the new publisher's first byte: how long the publisher was
+    /// away (`--drop-gap` plus its own start), a floor of every gap without the grace.
+    away: f64,
     /// Seconds from the new publisher's first byte to its picture at every destination.
     from_byte: f64,
     /// Seconds from MediaMTX's path ready to the picture at every destination.
@@ -261,6 +264,7 @@ fn measure(
         gaps,
         sessions,
         fps_during,
+        away: t0 - dropped,
         from_byte: all - t0,
         from_ready: ready.map(|r| all - r),
     })
@@ -294,8 +298,8 @@ pub fn run(opts: &Opts) -> String {
             match one(&lab, case, &key, opts.drop_gap) {
                 Ok(run) => {
                     progress!(
-                        "drop: {} run {r}: gaps {}, sessions {:?}, during {} fps, picture {} \
-                         after the first byte ({} after path ready)",
+                        "drop: {} run {r}: gaps {}, sessions {:?}, during {} fps, away {}, \
+                         picture {} after the first byte ({} after path ready)",
                         case.name,
                         run.gaps
                             .iter()
@@ -308,6 +312,7 @@ pub fn run(opts: &Opts) -> String {
                             .map(|f| format!("{f:.1}"))
                             .collect::<Vec<_>>()
                             .join(" "),
+                        secs(run.away),
                         secs(run.from_byte),
                         run.from_ready.map_or("–".into(), secs),
                     );
@@ -344,6 +349,7 @@ pub fn run(opts: &Opts) -> String {
             .iter()
             .map(|r| r.fps_during.iter().sum::<f64>() / DESTS as f64)
             .collect();
+        let away: Vec<f64> = runs.iter().map(|r| r.away).collect();
         let from_byte: Vec<f64> = runs.iter().map(|r| r.from_byte).collect();
         let from_ready: Vec<f64> = runs.iter().filter_map(|r| r.from_ready).collect();
         rows.push(vec![
@@ -358,6 +364,11 @@ pub fn run(opts: &Opts) -> String {
                 }
             ),
             range(&gaps, secs),
+            if away.is_empty() {
+                "–".into()
+            } else {
+                secs(percentile(&away, 50.0))
+            },
             sessions.join(" / "),
             if during.is_empty() {
                 "–".into()
@@ -375,7 +386,9 @@ pub fn run(opts: &Opts) -> String {
          same path {gap:.0} s later; nginx-rtmp push takes both on its own ingest. \"longest \
          gap\": the longest wall-clock gap between video frames at a destination from the \
          drop until 1 s after the new publisher's picture is at every destination (per run, \
-         the worst destination; median and min–max over runs). \"sessions\": publish sessions \
+         the worst destination; median and min–max over runs). \"publisher away\": from the drop \
+         to the new publisher's first byte ({gap:.0} s and the new ffmpeg's start): without \
+         the grace no gap can be shorter. \"sessions\": publish sessions \
          each destination saw in the run (nginx-rtmp `on_publish`; 1 = connected throughout). \
          \"during\": video frames per second at a destination while no publisher is there \
          (the grace's frozen picture: 2). \"picture\": until the new publisher's picture (30 \
@@ -387,6 +400,7 @@ pub fn run(opts: &Opts) -> String {
                 "relay",
                 "runs",
                 "longest gap p50 (min–max)",
+                "publisher away p50",
                 "sessions per destination",
                 "fps during the drop",
                 "picture after first byte p50 (min–max)",
