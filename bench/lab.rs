@@ -11,9 +11,10 @@ use std::time::Duration;
 use crate::common::arrivals::Watcher;
 use crate::common::control_plane_double::ControlPlaneDouble;
 use crate::common::machine::{Machine, Options};
+use crate::common::publish_hooks::PublishHooks;
 use crate::common::{free_port, wait_for};
 use crate::layouts::Layout;
-use crate::rtmp::{destination_apps, http_get, push_apps, Nginx, Publisher};
+use crate::rtmp::{destination_apps_notifying, http_get, push_apps, Nginx, Publisher};
 
 pub const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
 /// Destinations per stream.
@@ -87,19 +88,39 @@ pub struct Lab {
     pub mtx_port: u16,
     pub mtx_api: u16,
     pub watcher: Watcher,
+    /// Per destination server, the counter of its `rec` publish sessions (nginx-rtmp's
+    /// `on_publish`/`on_publish_done`); empty unless the lab was made with
+    /// [`Lab::counting_sessions`].
+    pub sessions: Vec<PublishHooks>,
 }
 
 impl Lab {
     /// A fresh world. `poll` is the recording watcher's interval.
     pub fn new(label: &str, poll: Duration, with_push: bool) -> Lab {
+        Lab::build(label, poll, with_push, false)
+    }
+
+    /// Like [`Lab::new`], each destination server's `rec` application also reporting its
+    /// publish sessions to a counter of its own (`sessions`).
+    pub fn counting_sessions(label: &str, poll: Duration, with_push: bool) -> Lab {
+        Lab::build(label, poll, with_push, true)
+    }
+
+    fn build(label: &str, poll: Duration, with_push: bool, count_sessions: bool) -> Lab {
         let clip = clip();
         let mtx = mediamtx_binary();
         let dir = crate::common::scratch(&format!("bench-{label}"));
         let cp = ControlPlaneDouble::start();
+        let sessions: Vec<PublishHooks> = if count_sessions {
+            (0..DESTS).map(|_| PublishHooks::start()).collect()
+        } else {
+            vec![]
+        };
         let dests: Vec<Nginx> = (0..DESTS)
             .map(|i| {
                 let d = dir.join(format!("dest{i}"));
-                Nginx::start(&d, &destination_apps(&d))
+                let notify = sessions.get(i).map(|h| h.url.as_str());
+                Nginx::start(&d, &destination_apps_notifying(&d, notify))
             })
             .collect();
         let push = with_push.then(|| {
@@ -137,6 +158,7 @@ impl Lab {
             mtx_port,
             mtx_api,
             watcher: Watcher::start(poll),
+            sessions,
         };
         lab.start_mediamtx();
         lab
@@ -180,6 +202,21 @@ impl Lab {
         ttff.push_str(&format!(
             "  \"~^tf/(.+)$\":\n    runOnAvailable: {floor}\n    forward:\n{}",
             forward("rec")
+        ));
+        // The drop figure's paths: neustream with the reconnect grace on (30 s) and off, the
+        // seed, MediaMTX forward (figures/drop.rs).
+        for (prefix, grace) in [("dn", "30s"), ("dz", "0")] {
+            let env = format!("/usr/bin/env NEUSTREAM_RECONNECT_GRACE={grace}");
+            ttff.push_str(&format!(
+                "  \"~^{prefix}/(.+)$\":\n    runOnAvailable: {env} /usr/local/bin/neustream ready\n    \
+                 runOnUnavailable: {env} /usr/local/bin/neustream unpublish\n"
+            ));
+        }
+        ttff.push_str(&format!(
+            "  \"~^ds/(.+)$\":\n    runOnAvailable: /bin/bash {s}/ready.sh\n    \
+             runOnUnavailable: /bin/bash {s}/unpublish.sh\n  \"~^df/(.+)$\":\n    forward:\n{}",
+            forward("rec"),
+            s = seed.display(),
         ));
         // The start storm's paths of the shell-hook baselines v1 and restreamer.
         for (prefix, layout) in [("v1", Layout::V1), ("rs", Layout::Restreamer)] {

@@ -4,7 +4,7 @@
 //! stream goes live, what a relay costs and how many streams the box carries, and prints a
 //! Markdown report. See docs/performance.md for what each figure measures and how.
 //!
-//! Figures: latency ttff join cost scale storm recovery scrape (default: all). Options (also
+//! Figures: latency ttff join cost scale storm recovery scrape drop (default: all). Options (also
 //! `--quick` for a short run of every figure): see `usage()`.
 
 #[path = "../tests/common/mod.rs"]
@@ -20,8 +20,8 @@ mod tap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const FIGURES: [&str; 8] = [
-    "latency", "ttff", "join", "cost", "scale", "storm", "recovery", "scrape",
+pub const FIGURES: [&str; 9] = [
+    "latency", "ttff", "join", "cost", "scale", "storm", "recovery", "scrape", "drop",
 ];
 
 /// Sizes and repetitions of every figure.
@@ -41,6 +41,8 @@ pub struct Opts {
     pub outage: f64,
     pub scrape_relays: usize,
     pub scrape_runs: usize,
+    pub drop_runs: usize,
+    pub drop_gap: f64,
     /// Baselines to run beside neustream: v1, restreamer, seed, mediamtx, nginx.
     pub baselines: Vec<String>,
     pub profile: bool,
@@ -64,6 +66,8 @@ impl Default for Opts {
             outage: 6.0,
             scrape_relays: 100,
             scrape_runs: 50,
+            drop_runs: 3,
+            drop_gap: 4.0,
             baselines: layouts::BASELINES.iter().map(|s| s.to_string()).collect(),
             profile: true,
             out: None,
@@ -85,6 +89,7 @@ impl Opts {
             storm_streams: vec![20],
             recovery_runs: 1,
             outage: 5.0,
+            drop_runs: 1,
             ..Opts::default()
         }
     }
@@ -96,7 +101,7 @@ impl Opts {
 
 fn usage() -> &'static str {
     "usage: bench/run.sh [FIGURE...] [OPTION...]\n\
-     figures: latency ttff join cost scale storm recovery scrape (default: all)\n\
+     figures: latency ttff join cost scale storm recovery scrape drop (default: all)\n\
      options:\n\
      \x20 --quick                    small sizes for every figure (about 15 minutes in all)\n\
      \x20 --latency-runs N           hook runs for figure 1 (200)\n\
@@ -113,6 +118,8 @@ fn usage() -> &'static str {
      \x20 --outage SECONDS           how long a destination stays away in figure 6 (6)\n\
      \x20 --scrape-relays N         relays (state files and units) for figure scrape (100)\n\
      \x20 --scrape-runs N           timed scrapes for figure scrape (50)\n\
+     \x20 --drop-runs N              publisher drops per layout in figure 7 (3)\n\
+     \x20 --drop-gap SECONDS         how long the publisher stays away in figure 7 (4)\n\
      \x20 --baselines a,b            which of v1,restreamer,seed,mediamtx,nginx to run beside\n\
      \x20                            neustream (all; `--baselines ''` for none)\n\
      \x20 --no-profile               skip the hook profile printed when figure 1 misses its goal\n\
@@ -165,6 +172,8 @@ fn parse_args() -> Result<Opts, String> {
             "--outage" => opts.outage = float(value()?)?,
             "--scrape-relays" => opts.scrape_relays = num(value()?)?,
             "--scrape-runs" => opts.scrape_runs = num(value()?)?,
+            "--drop-runs" => opts.drop_runs = num(value()?)?,
+            "--drop-gap" => opts.drop_gap = float(value()?)?,
             "--baselines" => {
                 opts.baselines = value()?
                     .split(',')
@@ -311,6 +320,7 @@ fn main() {
             "storm" => figures::storm::run(&opts),
             "recovery" => figures::recovery::run(&opts),
             "scrape" => figures::scrape::run(&opts),
+            "drop" => figures::drop::run(&opts),
             _ => unreachable!(),
         };
         let section = format!(

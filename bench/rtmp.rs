@@ -25,12 +25,23 @@ fn die_with_parent(cmd: &mut Command) {
 /// stream statistics), `rec` (records everything: arrival of every frame), `head` (records
 /// the first 512 KB of each stream: its first frames, for many streams at little cost).
 pub fn destination_apps(dir: &Path) -> String {
+    destination_apps_notifying(dir, None)
+}
+
+/// Like [`destination_apps`], with `rec` sending nginx-rtmp's `on_publish` and
+/// `on_publish_done` notifications to `notify` (tests/common/publish_hooks.rs), so that the
+/// publish sessions each destination saw can be counted.
+pub fn destination_apps_notifying(dir: &Path, notify: Option<&str>) -> String {
     format!(
         "application live {{ live on; }}\n\
-         application rec {{ live on; record all; record_path {d}/rec; record_unique off; }}\n\
+         application rec {{ live on; record all; record_path {d}/rec; record_unique off;{hooks} }}\n\
          application head {{ live on; record all; record_path {d}/head; record_unique off;\n\
            record_max_size 512K; }}\n",
-        d = dir.display()
+        d = dir.display(),
+        hooks = notify.map_or(String::new(), |url| format!(
+            "\n  on_publish {url}/publish; on_publish_done {url}/publish_done; \
+             notify_method get;"
+        )),
     )
 }
 

@@ -9,7 +9,7 @@
 #
 #   bench/run.sh                          every figure, full sizes (about 70 minutes)
 #   bench/run.sh --quick                  every figure, small sizes (about 15 minutes)
-#   bench/run.sh ttff cost recovery       some figures: latency ttff join cost scale storm recovery scrape
+#   bench/run.sh ttff cost recovery       some figures: latency ttff join cost scale storm recovery scrape drop
 #   bench/run.sh cost --cost-sizes 1,10 --window 10 --baselines v1,seed
 #   bench/run.sh --help                   every option
 #

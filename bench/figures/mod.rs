@@ -1,6 +1,7 @@
 //! One module per figure; each runs its measurements and returns a Markdown section.
 
 pub mod cost;
+pub mod drop;
 pub mod join;
 pub mod latency;
 pub mod recovery;

@@ -69,7 +69,7 @@ fn rfc3339(text: &str) -> Option<f64> {
     Some(days_from_civil(y, mo, da) as f64 * 86400.0 + h * 3600.0 + mi * 60.0 + s)
 }
 
-fn ready_time(lab: &Lab, path: &str) -> Option<f64> {
+pub(crate) fn ready_time(lab: &Lab, path: &str) -> Option<f64> {
     let body = http_get(lab.mtx_api, &format!("/v3/paths/get/{path}"))?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     rfc3339(v["readyTime"].as_str()?)
