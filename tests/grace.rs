@@ -84,7 +84,6 @@ fn fps(w: &Watcher, name: &str, from: f64, to: f64) -> f64 {
 
 #[test]
 fn a_publisher_back_within_the_grace_keeps_every_broadcast() {
-    let _slot = stack::slot(1);
     let s = Stack::boot("grace-back");
     let hooks = PublishHooks::start();
     let servers = servers(&s, &hooks, 3);
@@ -174,7 +173,6 @@ fn a_publisher_back_within_the_grace_keeps_every_broadcast() {
 
 #[test]
 fn no_publisher_within_the_grace_ends_every_destination_once() {
-    let _slot = stack::slot(1);
     let s = Stack::boot("grace-gone");
     let hooks = PublishHooks::start();
     let servers = servers(&s, &hooks, 2);
@@ -233,7 +231,6 @@ fn no_publisher_within_the_grace_ends_every_destination_once() {
 
 #[test]
 fn a_reconnect_applies_the_new_destination_list_and_leaves_the_rest_alone() {
-    let _slot = stack::slot(1);
     let s = Stack::boot("grace-diff");
     let hooks = PublishHooks::start();
     let servers = servers(&s, &hooks, 3);
@@ -322,7 +319,6 @@ fn a_reconnect_applies_the_new_destination_list_and_leaves_the_rest_alone() {
 #[test]
 fn a_key_refused_on_the_reconnect_ends_the_grace_at_once() {
     use common::control_plane_double::Reply;
-    let _slot = stack::slot(1);
     let s = Stack::boot("grace-refused");
     let hooks = PublishHooks::start();
     let servers = servers(&s, &hooks, 1);
