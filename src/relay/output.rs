@@ -28,7 +28,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// After this many consecutive failures, ffmpeg's own lines go to debug level: one line per
 /// attempt says what happened.
 const LOUD_FAILURES: u32 = 3;
-/// While a destination is unreachable, how often its port is tried (a TCP connect, no RTMP,
+/// While a failed destination's port is closed, how often it is tried (a TCP connect, no RTMP,
 /// no key) during the backoff wait, so that it is back within a fraction of a second of
 /// accepting connections again.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -153,10 +153,9 @@ pub async fn supervise(shared: Arc<Shared>, output: Arc<Output>) {
             backoff.failures(),
             wait.as_secs_f64()
         );
-        let probe = class == ErrorClass::Unreachable;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = until_reachable(dest), if probe => {
+            _ = reopened(dest) => {
                 info!(
                     stream_key = key, destination_index = index, destination_platform = platform,
                     "{key}: destination {index} ({platform}) accepts connections again"
@@ -189,18 +188,29 @@ fn describe(class: ErrorClass, live_for: Duration) -> String {
     }
 }
 
-/// Resolves once a TCP connection to the destination's server succeeds.
-async fn until_reachable(dest: &Destination) {
+/// Resolves when the destination's port, closed now (its server is down or restarting),
+/// accepts TCP connections again; never when it accepts now (a server that refused the
+/// publish: that one waits out its backoff).
+async fn reopened(dest: &Destination) {
     let (host, port) = dest.host_port();
+    let accepts = || async {
+        matches!(
+            tokio::time::timeout(
+                PROBE_TIMEOUT,
+                tokio::net::TcpStream::connect((host.as_str(), port))
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    };
+    if accepts().await {
+        return std::future::pending().await;
+    }
     loop {
-        let attempt = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        );
-        if let Ok(Ok(_stream)) = attempt.await {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if accepts().await {
             return;
         }
-        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 
