@@ -84,9 +84,12 @@ impl Queue {
                 return Pushed::Skipped;
             }
         }
+        // Media time queued, from the oldest media tag: the headers a session starts with
+        // carry the stream's first timestamps, not the GOP's.
         let span = q
             .tags
-            .front()
+            .iter()
+            .find(|t| !(t.kind == Kind::Script || t.is_sequence_header()))
             .map_or(0, |first| tag.timestamp.saturating_sub(first.timestamp));
         if !header && (q.bytes + tag.wire_len() > MAX_BYTES || span > MAX_SPAN_MS) {
             let dropped = q.tags.len();
@@ -189,6 +192,23 @@ mod tests {
         );
         q.close();
         assert_eq!(q.push(&video(132, false, 10), true), Pushed::Skipped);
+    }
+
+    #[test]
+    fn a_session_opened_late_in_the_stream_keeps_its_gop() {
+        // A destination restarting 20 s in gets headers stamped 0 and a GOP stamped 20 s:
+        // that is not 20 s of backlog.
+        let q = Queue::new();
+        q.open(vec![config(), video(20_000, true, 1000)], true);
+        for ts in [20_033, 20_066, 20_099] {
+            assert_eq!(q.push(&video(ts, false, 1000), true), Pushed::Queued);
+        }
+        let got = take_now(&q);
+        assert_eq!(
+            got.iter().map(|t| t.timestamp).collect::<Vec<_>>(),
+            [0, 20_000, 20_033, 20_066, 20_099]
+        );
+        assert_eq!(q.overflows(), 0);
     }
 
     #[test]
