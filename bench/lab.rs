@@ -136,6 +136,7 @@ impl Lab {
              Environment=NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{mtx_port}\n\
              Environment=SEED_INGEST_URL=rtmp://127.0.0.1:{mtx_port}\n\
              Environment=SEED_RUN_DIR=/tmp\n\
+             Environment=NEUSTREAM_RECONNECT_GRACE=0\n\
              LimitNOFILE=65536\n",
             mtx = mtx.display(),
             cp = cp.url(),
@@ -363,6 +364,9 @@ impl Lab {
                 format!("rtmp://127.0.0.1:{}", self.mtx_port),
             ),
             ("SEED_RUN_DIR".into(), "/tmp".into()),
+            // Streams end with their publisher: each figure starts and stops streams in
+            // turn (the drop figure's paths set the grace themselves).
+            ("NEUSTREAM_RECONNECT_GRACE".into(), "0".into()),
         ]
     }
 

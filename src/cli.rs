@@ -238,10 +238,31 @@ pub struct RefreshArgs {
 #[derive(Args, Debug)]
 pub struct ReconcileArgs {
     /// MediaMTX is not running (its unit's ExecStopPost= and ExecStartPre=): no publisher can
-    /// be live, so every recorded session ends and every relay unit is stopped, without
-    /// asking MediaMTX's API.
+    /// be live, so every recorded session ends and its relay unit is stopped, without asking
+    /// MediaMTX's API. Except, when MediaMTX failed (SERVICE_RESULT other than `success`) or
+    /// is about to start: a relay inside its reconnect grace keeps its destinations, for the
+    /// publisher to come back to MediaMTX; its session ends when the grace runs out.
     #[arg(long)]
     pub mediamtx_stopped: bool,
+
+    /// How MediaMTX's unit ended, as systemd tells its ExecStopPost= (`success`: stopped on
+    /// purpose, every session ends at once even inside a grace; `signal`, `exit-code`,
+    /// `oom-kill`, ...: it failed, a crash is a publisher drop).
+    #[arg(long, env = "SERVICE_RESULT", value_name = "RESULT")]
+    pub service_result: Option<String>,
+
+    /// MediaMTX's systemd unit. When its API does not answer, a unit that is loaded and not
+    /// running means no publisher is live; any other unit state leaves live sessions alone.
+    #[arg(
+        long,
+        env = "NEUSTREAM_MEDIAMTX_UNIT",
+        default_value = "mediamtx.service",
+        value_name = "UNIT"
+    )]
+    pub mediamtx_unit: String,
+
+    #[command(flatten)]
+    pub relays: RelaysDirArg,
 
     /// Longest this run may take; stream-ends still unconfirmed then stay queued for the
     /// next run. Keeps timer runs from piling up.
@@ -331,7 +352,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ViewArgs {
+pub struct RelaysDirArg {
     /// Directory of the relays' runtime directories (each holding a state.json).
     #[arg(
         long,
@@ -340,6 +361,12 @@ pub struct ViewArgs {
         value_name = "DIR"
     )]
     pub relays_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    pub relays: RelaysDirArg,
 
     /// Time allowed for systemd to answer over D-Bus.
     #[arg(long, env = "NEUSTREAM_SYSTEMD_TIMEOUT", default_value = "2s",

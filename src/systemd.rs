@@ -144,6 +144,22 @@ impl Systemd {
             .map_err(|e| call_error("query", unit, e))
     }
 
+    /// Whether the unit's processes run (`active`, `reloading`, `deactivating`), or not
+    /// (`inactive`, `failed`, `activating`: before its ExecStart, or waiting for an automatic
+    /// restart); `None` when systemd has no such unit loaded (it is not how that program
+    /// runs here, so nothing can be told from it).
+    pub async fn running(&self, unit: &str) -> Result<Option<bool>, SystemdError> {
+        let units = self
+            .manager
+            .list_units_by_patterns(vec![], vec![unit.into()])
+            .await
+            .map_err(|e| call_error("query", unit, e))?;
+        Ok(units
+            .into_iter()
+            .find(|u| u.0 == unit && u.2 == "loaded")
+            .map(|u| matches!(u.3.as_str(), "active" | "reloading" | "deactivating")))
+    }
+
     /// Relay units systemd has loaded now (`neustream-relay@*.service`, any state), with their
     /// ActiveState: `ListUnitsByPatterns`, which needs no authorization.
     pub async fn relay_units(&self) -> Result<Vec<(String, String)>, SystemdError> {

@@ -146,9 +146,182 @@ fn kill_9_of_mediamtx_ends_the_stream_once() {
     assert_eq!(record(&s, key), None);
 }
 
+/// Sets the reconnect grace the hooks write into each new stream's env file (they read the
+/// settings file at every run).
+fn set_grace(s: &Scene, grace: &str) {
+    s.ingest.machine.ok(&[
+        "sed",
+        "-i",
+        &format!("s/^NEUSTREAM_RECONNECT_GRACE=.*$/NEUSTREAM_RECONNECT_GRACE={grace}/"),
+        "/etc/neustream/neustream.env",
+    ]);
+}
+
+fn source_state(s: &Scene, key: &str) -> String {
+    let out = s
+        .ingest
+        .machine
+        .run(&["cat", &format!("/run/neustream/relays/{key}/state.json")]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    json["source"]["state"].as_str().unwrap_or("").to_string()
+}
+
+/// With a reconnect grace, `kill -9` of MediaMTX is a publisher drop like any other: the relay
+/// keeps every destination (the same publish session at each) through the crash and
+/// MediaMTX's restart, the publisher's reconnect takes the stream over, and no stream-end is
+/// sent. Then `systemctl stop mediamtx` (on purpose) ends the stream at once, grace or not.
+#[test]
+fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
+    let s = Scene::start("k9grace", mtx::VERSION, HookNames::Shipped);
+    set_grace(&s, "20s");
+    let key = "crash_grace_2";
+    let mut old = go_live(&s, key, "a");
+    let old_id = s.publisher_id(key);
+    let before = s.relay(key, &["NRestarts", "MainPID"]);
+
+    let pid = mediamtx_pid(&s);
+    let gap = s.frames(key);
+    s.ingest.machine.ok(&["kill", "-9", &pid]);
+    old.kill();
+    let back = wait_mediamtx_back(&s, &pid);
+    // Meanwhile the destinations got the last picture, and the session is still live.
+    s.wait_receiving(key, &gap, 10);
+    assert_eq!(relay_state(&s, key), "active", "{}", s.ingest.log());
+    assert_eq!(source_state(&s, key), "grace", "{}", s.relay_log(key));
+    assert_eq!(s.cp.confirmed_ends(key), 0, "{}", s.ingest.log());
+    assert!(record(&s, key).is_some_and(|r| r.contains("\"state\": \"live\"")));
+
+    let reconnect = Instant::now();
+    let mut new = s.publish(key, "b");
+    common::wait_for(Duration::from_secs(20), ms(100), || {
+        s.ingest
+            .env_var(key, "NEUSTREAM_MTX_SOURCE_ID")
+            .filter(|id| *id != old_id)
+    })
+    .unwrap_or_else(|| panic!("the new publisher never took over\n{}", s.ingest.log()));
+    let base = s.frames(key);
+    s.wait_receiving(key, &base, 30);
+    eprintln!(
+        "kill -9 with a 20 s grace: MediaMTX back after {back:?}; the reconnected publisher's \
+         picture at every destination {:?} after it published",
+        reconnect.elapsed()
+    );
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    let log = s.ingest.log();
+    for (i, dest) in s.dests.iter().enumerate() {
+        assert_eq!(
+            dest.publishes(&common::scene::dest_key(key, i)),
+            1,
+            "destination {i}: one publish session across the crash\n{log}"
+        );
+    }
+    let after = s.relay(key, &["NRestarts", "MainPID"]);
+    assert_eq!(after, before, "the same relay all along\n{log}");
+    assert_eq!(s.sessions(key), ["auth", "auth"], "no end\n{log}");
+
+    let stopped = Instant::now();
+    s.ingest.machine.ok(&["systemctl", "stop", mtx::UNIT]);
+    let ended = wait_all_ended(&s, &[key], 1, Duration::from_secs(10));
+    eprintln!(
+        "systemctl stop mediamtx with a 20 s grace: relay gone, no ffmpeg, the stream-end \
+         confirmed {ended:?} after the command returned ({:?} after it began)",
+        stopped.elapsed()
+    );
+    new.kill();
+    std::thread::sleep(ms(1000));
+    assert_eq!(
+        s.sessions(key),
+        ["auth", "auth", "end"],
+        "{}",
+        s.ingest.log()
+    );
+    assert_eq!(record(&s, key), None);
+    assert_eq!(s.ingest.env_file(key), None);
+}
+
+/// With a reconnect grace, a MediaMTX that crashed and is not back within it (its restart
+/// held off here by a drop-in) ends the stream when the grace runs out: the relay keeps the
+/// destinations meanwhile, then within 10 s of the grace's end it is gone, no ffmpeg is left
+/// and the Control Plane has exactly one stream-end (the relay's OnSuccess= runs reconcile,
+/// which finds MediaMTX's unit not running).
+#[test]
+fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
+    let grace = Duration::from_secs(6);
+    let s = Scene::start_with(
+        "k9late",
+        mtx::VERSION,
+        HookNames::Shipped,
+        Options {
+            units: vec![(
+                format!("{}.d/slow-restart.conf", mtx::UNIT),
+                "[Service]\nRestartSec=40\n".into(),
+            )],
+            ..Options::default()
+        },
+    );
+    set_grace(&s, "6s");
+    let key = "crash_late_3";
+    let mut feed = go_live(&s, key, "a");
+    let pid = mediamtx_pid(&s);
+    let killed = Instant::now();
+    s.ingest.machine.ok(&["kill", "-9", &pid]);
+    feed.kill();
+    std::thread::sleep(ms(3000));
+    assert_eq!(
+        relay_state(&s, key),
+        "active",
+        "kept within the grace\n{}",
+        s.ingest.log()
+    );
+    assert_eq!(source_state(&s, key), "grace", "{}", s.relay_log(key));
+    assert_eq!(s.cp.confirmed_ends(key), 0);
+    let ended = wait_all_ended(
+        &s,
+        &[key],
+        1,
+        grace + Duration::from_secs(10) - killed.elapsed(),
+    );
+    let after_kill = killed.elapsed();
+    eprintln!(
+        "kill -9 with a 6 s grace, MediaMTX kept down: relay gone, no ffmpeg, the stream-end \
+         confirmed {after_kill:?} after the kill ({:?} after the grace ran out)",
+        after_kill.saturating_sub(grace)
+    );
+    assert!(
+        after_kill >= grace,
+        "ended before the grace ran out: {ended:?}"
+    );
+    std::thread::sleep(ms(1000));
+    let log = s.ingest.log();
+    assert_eq!(s.sessions(key), ["auth", "end"], "{log}");
+    assert!(
+        log.contains("is not running: no publisher is live"),
+        "{log}"
+    );
+    assert_eq!(record(&s, key), None);
+    assert_eq!(s.ingest.env_file(key), None);
+
+    // MediaMTX back (at once, not after its 40 s), the key publishes again.
+    s.ingest.machine.ok(&["systemctl", "restart", mtx::UNIT]);
+    wait_mediamtx_back(&s, &pid);
+    let mut again = go_live(&s, key, "b");
+    again.stop();
+    s.wait_relay(key, "inactive", grace + Duration::from_secs(15));
+    s.ingest.wait_hooks_done(Duration::from_secs(20));
+    std::thread::sleep(ms(1000));
+    assert_eq!(
+        s.sessions(key),
+        ["auth", "end", "auth", "end"],
+        "{}",
+        s.ingest.log()
+    );
+}
+
 /// `systemctl stop mediamtx`, then `systemctl restart mediamtx`, with three live streams each
-/// time: within 10 s every relay is gone (PartOf=mediamtx.service), no ffmpeg is left, each
-/// stream has exactly one stream-end, and no relay is left failed or started again.
+/// time: within 10 s every relay is gone (the unpublish hooks, and mediamtx.service's
+/// ExecStopPost=), no ffmpeg is left, each stream has exactly one stream-end, and no relay is
+/// left failed or started again.
 #[test]
 fn stop_and_restart_of_mediamtx_end_three_streams_once_each() {
     let s = Scene::start("stop3", mtx::VERSION, HookNames::Shipped);

@@ -26,7 +26,7 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
             async move {
                 let start = Instant::now();
                 let report = report::gather(&report::Sources {
-                    state_dir: &args.view.relays_dir,
+                    state_dir: &args.view.relays.relays_dir,
                     systemd: true,
                     timeout: args.view.systemd_timeout,
                 })

@@ -19,7 +19,7 @@ pub struct Verdict {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let mut report = super::runtime()?.block_on(report::gather(&report::Sources {
-        state_dir: &args.view.relays_dir,
+        state_dir: &args.view.relays.relays_dir,
         systemd: true,
         timeout: args.view.systemd_timeout,
     }));
