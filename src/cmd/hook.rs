@@ -103,27 +103,38 @@ impl Hook {
              come back",
             self.source_id
         );
+        // MediaMTX, which ran this hook. A MediaMTX that stops runs its unpublish hooks after
+        // systemd's SIGTERM went out, so they never get it; that it exited tells instead (the
+        // hook is handed to another parent), and the stream ends now rather than holding
+        // MediaMTX's stop for the whole grace.
+        let mediamtx = std::os::unix::process::parent_id();
         let taken_over = async {
             loop {
                 tokio::time::sleep(GRACE_POLL).await;
+                if std::os::unix::process::parent_id() != mediamtx {
+                    return Watch::MediaMtxExited;
+                }
                 match self.owner() {
-                    Ok(Some(owner)) if self.newer_owner(&owner) => return Some(owner),
-                    Ok(None) => return None,
+                    Ok(Some(owner)) if self.newer_owner(&owner) => return Watch::TakenOver(owner),
+                    Ok(None) => return Watch::Ended,
                     _ => {}
                 }
             }
         };
         tokio::select! {
-            owner = taken_over => {
-                match owner {
-                    Some(owner) => info!(
-                        stream_key = %key,
-                        "{key}: publisher {owner} took the stream over within the grace"
-                    ),
-                    None => info!(stream_key = %key, "{key}: the stream was ended meanwhile"),
+            watch = taken_over => match watch {
+                Watch::TakenOver(owner) => {
+                    info!(stream_key = %key, "{key}: publisher {owner} took the stream over within the grace");
+                    return Ok(());
                 }
-                return Ok(());
-            }
+                Watch::Ended => {
+                    info!(stream_key = %key, "{key}: the stream was ended meanwhile");
+                    return Ok(());
+                }
+                Watch::MediaMtxExited => {
+                    info!(stream_key = %key, "{key}: MediaMTX exited during the grace (it is stopping); ending the stream now");
+                }
+            },
             _ = tokio::time::sleep(grace) => {
                 info!(stream_key = %key, "{key}: no publisher within {grace:?}; ending the stream");
             }
@@ -308,6 +319,16 @@ pub fn authority(s: &HookSettings) -> anyhow::Result<Authority> {
 
 /// How often `unpublish` looks for a new publisher during the grace.
 const GRACE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What `unpublish` saw during the grace.
+enum Watch {
+    /// A newer publisher owns the stream.
+    TakenOver(String),
+    /// Nobody does any more: the stream was ended by someone else.
+    Ended,
+    /// The process that ran the hook (MediaMTX) is gone.
+    MediaMtxExited,
+}
 
 /// A user-supplied string fit for a log line: control characters replaced, at most 200 chars.
 pub fn printable(text: &str) -> String {
