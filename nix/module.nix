@@ -634,6 +634,8 @@ in
     systemd.sockets.neustream-metrics = {
       overrideStrategy = "asDropin";
       wantedBy = [ "sockets.target" ];
+      # The hooks (MediaMTX's user) send their reports to the datagram socket.
+      socketConfig.SocketGroup = mtxUser;
       socketConfig.ListenStream = [
         ""
         (

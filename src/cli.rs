@@ -96,6 +96,18 @@ impl Command {
             _ => "neustream",
         }
     }
+
+    /// The hook this subcommand is, for its run's report to the metrics exporter
+    /// (`crate::hook_report`); `None` for the others.
+    pub fn hook_name(&self) -> Option<&'static str> {
+        match self {
+            Command::Ready(_) => Some("ready"),
+            Command::Unpublish(_) => Some("unpublish"),
+            Command::Reconcile(_) => Some("reconcile"),
+            Command::Refresh(_) => Some("refresh"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,8 +180,9 @@ pub struct HookSettings {
     )]
     pub ingest_url: String,
 
-    /// MediaMTX Control API, e.g. http://127.0.0.1:9997; used to kick rejected publishers.
-    /// Unset: rejected publishers are only refused a relay, not disconnected.
+    /// MediaMTX Control API, e.g. http://127.0.0.1:9997; used to kick rejected publishers,
+    /// and by `reconcile` to tell which streams have a publisher. Unset: rejected publishers
+    /// are only refused a relay, not disconnected.
     #[arg(long, env = "NEUSTREAM_MEDIAMTX_API_URL", value_name = "URL")]
     pub mediamtx_api_url: Option<String>,
 

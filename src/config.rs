@@ -105,21 +105,55 @@ pub fn runtime_directory() -> Option<PathBuf> {
     (!first.is_empty()).then(|| PathBuf::from(first))
 }
 
-/// The listening socket systemd passed (socket activation, sd_listen_fds(3)): descriptor 3 when
-/// `LISTEN_PID` is this process and `LISTEN_FDS` is at least 1. The variables are removed, so
-/// that no child takes the socket for its own.
-pub fn passed_listener() -> Option<std::net::TcpListener> {
+/// The sockets systemd passed (socket activation, sd_listen_fds(3)), when `LISTEN_PID` is this
+/// process: a listening stream socket (the scrapes) and a datagram socket (the hooks'
+/// reports), told apart by their type, whatever their order. The variables are removed, so
+/// that no child takes the sockets for its own.
+#[derive(Default)]
+pub struct Passed {
+    pub listener: Option<std::net::TcpListener>,
+    pub datagram: Option<std::os::unix::net::UnixDatagram>,
+}
+
+pub fn passed_sockets() -> Passed {
     use std::os::fd::FromRawFd;
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds < 1 {
-        return None;
+    let mut passed = Passed::default();
+    let var = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let (Some(pid), Some(fds)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else {
+        return passed;
+    };
+    if pid != std::process::id() {
+        return passed;
     }
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_FDNAMES");
-    // SAFETY: systemd hands us descriptor 3 (SD_LISTEN_FDS_START), open and ours alone.
-    Some(unsafe { std::net::TcpListener::from_raw_fd(3) })
+    // SD_LISTEN_FDS_START: systemd hands us descriptors 3.., open and ours alone.
+    for fd in 3..3 + fds.min(16) as i32 {
+        let mut kind: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `kind`.
+        let ok = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut kind as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        } == 0;
+        match kind {
+            // SAFETY: a socket systemd passed, owned by nothing else in this process.
+            libc::SOCK_STREAM if ok && passed.listener.is_none() => {
+                passed.listener = Some(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+            }
+            libc::SOCK_DGRAM if ok && passed.datagram.is_none() => {
+                passed.datagram = Some(unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(fd) })
+            }
+            _ => {}
+        }
+    }
+    passed
 }
 
 /// `JOURNAL_STREAM` (device:inode of the journal stream systemd connected us to), if set.

@@ -145,6 +145,11 @@ impl ControlPlane {
     ) -> Result<T, ControlPlaneError> {
         let url = self.endpoint(segments);
         let endpoint = format!("{method} {url}");
+        let name = match segments {
+            ["api", "auth", "stream"] => "auth",
+            ["api", "auth", "stream-end"] => "stream_end",
+            _ => "forwarding",
+        };
         retry(&endpoint, budget, first_wait, |timeout| {
             let mut req = self.request(method.clone(), url.clone());
             if let Some(key) = form_key {
@@ -153,7 +158,11 @@ impl ControlPlane {
             let endpoint = endpoint.clone();
             let judge = &judge;
             async move {
-                match send(req, timeout, limit, &endpoint).await {
+                let started = std::time::Instant::now();
+                let answer = send(req, timeout, limit, &endpoint).await;
+                let status = answer.as_ref().ok().map(|(status, _)| *status);
+                crate::hook_report::request(name, started.elapsed(), status);
+                match answer {
                     Ok((status, body)) => judge(status, &body, endpoint),
                     Err(attempt) => attempt,
                 }

@@ -276,9 +276,72 @@ fn status_and_metrics_tell_what_each_destination_really_receives() {
             "{text}"
         );
     }
+    // A publish of a key the Control Plane does not know: refused (401), relayed nowhere.
+    let refused = s.hook("ready", "op_unknown", &stack::source_id(2), &[]);
+    assert!(!refused.ok(), "an unknown key is refused");
     let (state, sizes) = aligned(&s, key, &dests);
     let (_, body) = scrape(port);
     outputs.push(("/metrics".into(), body.clone()));
+
+    // --- The hooks' reports: the ready above (auth, destinations) and the refused one.
+    let hooks = [
+        (
+            "neustream_hook_runs_total",
+            vec![("hook", "ready"), ("result", "ok")],
+            1.0,
+        ),
+        (
+            "neustream_hook_runs_total",
+            vec![("hook", "ready"), ("result", "refused")],
+            1.0,
+        ),
+        (
+            "neustream_hook_runs_total",
+            vec![("hook", "unpublish"), ("result", "ok")],
+            0.0,
+        ),
+        (
+            "neustream_control_plane_requests_total",
+            vec![("endpoint", "auth"), ("outcome", "2xx")],
+            1.0,
+        ),
+        (
+            "neustream_control_plane_requests_total",
+            vec![("endpoint", "auth"), ("outcome", "4xx")],
+            1.0,
+        ),
+        (
+            "neustream_control_plane_requests_total",
+            vec![("endpoint", "forwarding"), ("outcome", "2xx")],
+            1.0,
+        ),
+        (
+            "neustream_control_plane_request_duration_seconds_count",
+            vec![("endpoint", "auth")],
+            2.0,
+        ),
+        (
+            "neustream_control_plane_request_duration_seconds_bucket",
+            vec![("endpoint", "forwarding"), ("le", "+Inf")],
+            1.0,
+        ),
+        ("neustream_hook_reports_invalid_total", vec![], 0.0),
+    ];
+    for (name, labels, want) in &hooks {
+        assert_eq!(
+            value(&body, name, labels),
+            Some(*want),
+            "{name}{labels:?} in\n{body}\n{}",
+            s.machine.journal(&["-u", "neustream-metrics.service"])
+        );
+    }
+    let auth_seconds = value(
+        &body,
+        "neustream_control_plane_request_duration_seconds_sum",
+        &[("endpoint", "auth")],
+    )
+    .unwrap();
+    assert!(auth_seconds > 0.0 && auth_seconds < 10.0, "{auth_seconds}");
     let mut report = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         let d = &state["destinations"][i];

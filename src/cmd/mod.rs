@@ -61,6 +61,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// A key refused for good (401/403, not in the streams file), as opposed to a failure.
+pub fn is_refusal(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<crate::authority::AuthorityError>()
+            .is_some_and(|a| a.is_refusal())
+    })
+}
+
 /// The single-threaded runtime the subcommands run on (a hook does a few calls in sequence).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

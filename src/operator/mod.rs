@@ -2,6 +2,7 @@
 //! exporter serves, both built from the same [`report::Report`] (the relays' state files and
 //! systemd's own accounting). Nothing here reads an env file.
 
+pub mod hooks;
 pub mod http;
 pub mod metrics;
 pub mod prometheus;

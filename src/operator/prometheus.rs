@@ -11,6 +11,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// One metric family: every sample of one name.
@@ -18,8 +19,11 @@ pub struct Family {
     name: &'static str,
     help: &'static str,
     kind: Kind,
-    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+    samples: Vec<Sample>,
 }
+
+/// Name suffix (`_bucket`, `_sum`, `_count` of a histogram; empty otherwise), labels, value.
+type Sample = (&'static str, Vec<(&'static str, String)>, f64);
 
 impl Family {
     pub fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
@@ -37,7 +41,44 @@ impl Family {
     }
 
     pub fn add(&mut self, labels: &[(&'static str, &str)], value: f64) {
+        debug_assert!(
+            self.kind != Kind::Histogram,
+            "{}: use add_histogram",
+            self.name
+        );
+        self.push("", labels, value);
+    }
+
+    /// A histogram's samples for `labels`: `buckets` are (upper bound, count of observations
+    /// at most that), ascending; the `+Inf` bucket is `count`.
+    pub fn add_histogram(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        debug_assert!(
+            self.kind == Kind::Histogram,
+            "{}: not a histogram",
+            self.name
+        );
+        for (le, n) in buckets
+            .iter()
+            .map(|(le, n)| (format_value(*le), *n))
+            .chain([("+Inf".to_string(), count)])
+        {
+            let mut with_le: Vec<(&'static str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.push("_bucket", &with_le, n as f64);
+        }
+        self.push("_sum", labels, sum);
+        self.push("_count", labels, count as f64);
+    }
+
+    fn push(&mut self, suffix: &'static str, labels: &[(&'static str, &str)], value: f64) {
         self.samples.push((
+            suffix,
             labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             value,
         ));
@@ -52,11 +93,13 @@ pub fn encode(families: &[Family]) -> String {
         let kind = match f.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(out, "# HELP {} {}", f.name, escape_help(f.help));
         let _ = writeln!(out, "# TYPE {} {kind}", f.name);
-        for (labels, value) in &f.samples {
+        for (suffix, labels, value) in &f.samples {
             out.push_str(f.name);
+            out.push_str(suffix);
             if !labels.is_empty() {
                 out.push('{');
                 for (i, (k, v)) in labels.iter().enumerate() {
@@ -127,6 +170,22 @@ mod tests {
              # HELP x_bytes_total Bytes.\n\
              # TYPE x_bytes_total counter\n\
              x_bytes_total{i=\"1\"} 12345678901\n"
+        );
+    }
+
+    #[test]
+    fn histograms_have_buckets_sum_and_count() {
+        let mut h = Family::new("x_seconds", Kind::Histogram, "Durations.");
+        h.add_histogram(&[("e", "auth")], &[(0.1, 2), (1.0, 3)], 1.25, 4);
+        assert_eq!(
+            encode(&[h]),
+            "# HELP x_seconds Durations.\n\
+             # TYPE x_seconds histogram\n\
+             x_seconds_bucket{e=\"auth\",le=\"0.1\"} 2\n\
+             x_seconds_bucket{e=\"auth\",le=\"1\"} 3\n\
+             x_seconds_bucket{e=\"auth\",le=\"+Inf\"} 4\n\
+             x_seconds_sum{e=\"auth\"} 1.25\n\
+             x_seconds_count{e=\"auth\"} 4\n"
         );
     }
 
