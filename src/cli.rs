@@ -226,9 +226,10 @@ pub struct HookSettings {
     #[arg(long, env = "NEUSTREAM_RECONNECT_GRACE", default_value = "30s", value_parser = parse_grace)]
     pub reconnect_grace: Duration,
 
-    /// Time allowed for systemd to start or stop a relay unit; above the unit's TimeoutStopSec=10
-    /// so that a stop that ends in SIGKILL still reports its result.
-    #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    /// Time allowed for systemd to start or stop a relay unit; above the unit's
+    /// TimeoutStartSec=25 (a relay is started once it reads the publisher's next keyframe) and
+    /// TimeoutStopSec=10, so that systemd's own verdict is always reported.
+    #[arg(long, env = "NEUSTREAM_UNIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub unit_timeout: Duration,
 }
 
