@@ -186,6 +186,17 @@ pub struct HookSettings {
     #[arg(long, env = "NEUSTREAM_MEDIAMTX_API_URL", value_name = "URL")]
     pub mediamtx_api_url: Option<String>,
 
+    /// MediaMTX's systemd unit. `reconcile`: when MediaMTX's API does not answer, this unit
+    /// loaded and not running means no publisher is live. `unpublish`: this unit stopping
+    /// (MediaMTX waits for its hooks) ends a reconnect grace at once.
+    #[arg(
+        long,
+        env = "NEUSTREAM_MEDIAMTX_UNIT",
+        default_value = "mediamtx.service",
+        value_name = "UNIT"
+    )]
+    pub mediamtx_unit: String,
+
     /// Directory of the per-stream env files (created 0700; the files are 0600).
     #[arg(
         long,
@@ -264,16 +275,6 @@ pub struct ReconcileArgs {
     /// `oom-kill`, ...: it failed, a crash is a publisher drop).
     #[arg(long, env = "SERVICE_RESULT", value_name = "RESULT")]
     pub service_result: Option<String>,
-
-    /// MediaMTX's systemd unit. When its API does not answer, a unit that is loaded and not
-    /// running means no publisher is live; any other unit state leaves live sessions alone.
-    #[arg(
-        long,
-        env = "NEUSTREAM_MEDIAMTX_UNIT",
-        default_value = "mediamtx.service",
-        value_name = "UNIT"
-    )]
-    pub mediamtx_unit: String,
 
     #[command(flatten)]
     pub relays: RelaysDirArg,

@@ -149,6 +149,15 @@ impl Systemd {
     /// restart); `None` when systemd has no such unit loaded (it is not how that program
     /// runs here, so nothing can be told from it).
     pub async fn running(&self, unit: &str) -> Result<Option<bool>, SystemdError> {
+        Ok(self
+            .loaded_state(unit)
+            .await?
+            .map(|state| matches!(state.as_str(), "active" | "reloading" | "deactivating")))
+    }
+
+    /// The unit's ActiveState if systemd has it loaded (`ListUnitsByPatterns`, which needs no
+    /// authorization); `None` for a unit that is not loaded.
+    pub async fn loaded_state(&self, unit: &str) -> Result<Option<String>, SystemdError> {
         let units = self
             .manager
             .list_units_by_patterns(vec![], vec![unit.into()])
@@ -157,7 +166,7 @@ impl Systemd {
         Ok(units
             .into_iter()
             .find(|u| u.0 == unit && u.2 == "loaded")
-            .map(|u| matches!(u.3.as_str(), "active" | "reloading" | "deactivating")))
+            .map(|u| u.3))
     }
 
     /// Relay units systemd has loaded now (`neustream-relay@*.service`, any state), with their

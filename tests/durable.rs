@@ -200,12 +200,7 @@ fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
 
     let reconnect = Instant::now();
     let mut new = s.publish(key, "b");
-    common::wait_for(Duration::from_secs(20), ms(100), || {
-        s.ingest
-            .env_var(key, "NEUSTREAM_MTX_SOURCE_ID")
-            .filter(|id| *id != old_id)
-    })
-    .unwrap_or_else(|| panic!("the new publisher never took over\n{}", s.ingest.log()));
+    s.wait_new_owner(key, &old_id);
     let base = s.frames(key);
     s.wait_receiving(key, &base, 30);
     eprintln!(

@@ -444,12 +444,7 @@ fn obs_reconnect_within_the_grace_keeps_every_destination_session() {
     old.kill();
     std::thread::sleep(Duration::from_secs(4));
     let mut new = s.publish(key, "new");
-    let new_id = common::wait_for(Duration::from_secs(20), ms(100), || {
-        s.ingest
-            .env_var(key, "NEUSTREAM_MTX_SOURCE_ID")
-            .filter(|id| *id != old_id)
-    })
-    .unwrap_or_else(|| panic!("the new publisher never took over\n{}", s.ingest.log()));
+    let new_id = s.wait_new_owner(key, &old_id);
     let base = s.frames(key);
     s.wait_receiving(key, &base, 60);
     s.ingest.wait_hooks_done(Duration::from_secs(25));

@@ -103,16 +103,30 @@ impl Hook {
              come back",
             self.source_id
         );
-        // MediaMTX, which ran this hook. A MediaMTX that stops runs its unpublish hooks after
-        // systemd's SIGTERM went out, so they never get it; that it exited tells instead (the
-        // hook is handed to another parent), and the stream ends now rather than holding
-        // MediaMTX's stop for the whole grace.
+        // A MediaMTX that stops runs its unpublish hooks after systemd's SIGTERM went out, so
+        // they never get it, and then waits for them (1.21: "waiting for running hooks"):
+        // its unit is `deactivating` meanwhile. That (or MediaMTX gone: the hook handed to
+        // another parent) ends the stream now, rather than holding the stop for the grace.
         let mediamtx = std::os::unix::process::parent_id();
+        let unit = &self.settings.mediamtx_unit;
+        let ask = std::time::Duration::from_secs(1);
+        let systemd = Systemd::connect(ask).await.ok();
+        let stopping = || async {
+            let Some(systemd) = &systemd else {
+                return false;
+            };
+            let state = tokio::time::timeout(ask, systemd.loaded_state(unit)).await;
+            matches!(state, Ok(Ok(Some(s))) if s == "deactivating")
+        };
         let taken_over = async {
+            let mut poll = 0u64;
             loop {
+                poll += 1;
                 tokio::time::sleep(GRACE_POLL).await;
-                if std::os::unix::process::parent_id() != mediamtx {
-                    return Watch::MediaMtxExited;
+                if std::os::unix::process::parent_id() != mediamtx
+                    || (poll.is_multiple_of(STOPPING_POLL) && stopping().await)
+                {
+                    return Watch::MediaMtxStopping;
                 }
                 match self.owner() {
                     Ok(Some(owner)) if self.newer_owner(&owner) => return Watch::TakenOver(owner),
@@ -131,8 +145,8 @@ impl Hook {
                     info!(stream_key = %key, "{key}: the stream was ended meanwhile");
                     return Ok(());
                 }
-                Watch::MediaMtxExited => {
-                    info!(stream_key = %key, "{key}: MediaMTX exited during the grace (it is stopping); ending the stream now");
+                Watch::MediaMtxStopping => {
+                    info!(stream_key = %key, "{key}: MediaMTX is stopping; ending the stream now, grace or not");
                 }
             },
             _ = tokio::time::sleep(grace) => {
@@ -326,9 +340,12 @@ enum Watch {
     TakenOver(String),
     /// Nobody does any more: the stream was ended by someone else.
     Ended,
-    /// The process that ran the hook (MediaMTX) is gone.
-    MediaMtxExited,
+    /// MediaMTX is stopping (its unit deactivating), or gone.
+    MediaMtxStopping,
 }
+
+/// Every how many grace polls `unpublish` asks systemd whether MediaMTX is stopping (1 s).
+const STOPPING_POLL: u64 = 5;
 
 /// A user-supplied string fit for a log line: control characters replaced, at most 200 chars.
 pub fn printable(text: &str) -> String {

@@ -312,7 +312,7 @@ impl Reconciler<'_> {
                 ingest: Ingest::Running,
             };
         }
-        let unit = &args.mediamtx_unit;
+        let unit = &args.settings.mediamtx_unit;
         let running = match &self.systemd {
             Some(systemd) => systemd.running(unit).await,
             None => Ok(None),

@@ -129,6 +129,17 @@ impl Scene {
         );
     }
 
+    /// Waits until a publisher other than `old_id` owns `key`'s stream (its `ready` wrote the
+    /// env file); its id.
+    pub fn wait_new_owner(&self, key: &str, old_id: &str) -> String {
+        super::wait_for(Duration::from_secs(20), ms(100), || {
+            self.ingest
+                .env_var(key, "NEUSTREAM_MTX_SOURCE_ID")
+                .filter(|id| id != old_id)
+        })
+        .unwrap_or_else(|| panic!("the new publisher never took over\n{}", self.ingest.log()))
+    }
+
     /// The one publisher MediaMTX has on live/<key> (waits for it).
     pub fn publisher_id(&self, key: &str) -> String {
         let id = super::wait_for(Duration::from_secs(10), ms(50), || {
