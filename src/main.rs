@@ -11,6 +11,7 @@ mod hook_report;
 mod logging;
 mod mediamtx;
 mod operator;
+mod private_file;
 mod relay;
 mod sessions;
 mod stream_key;

@@ -14,14 +14,15 @@
 //! Files are JSON, written atomically (temporary file, fsync, rename, fsync of the directory),
 //! mode 0600 in a 0700 directory. They hold no destination: no secret.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::private_file;
 use crate::stream_key::StreamKey;
 
 /// Version of the record format; a record of another version is refused, not guessed at.
@@ -208,32 +209,13 @@ impl SessionDir {
     /// Writes the record atomically: on failure the previous record is untouched and no
     /// temporary file is left.
     pub fn save(&self, session: &Session) -> Result<(), SessionError> {
-        let key = &session.key;
-        let path = self.dir.join(format!("{key}{SUFFIX}"));
-        let tmp = self
-            .dir
-            .join(format!(".{key}{SUFFIX}.{}.tmp", std::process::id()));
+        let name = format!("{}{SUFFIX}", session.key);
         let mut text = serde_json::to_string_pretty(session).expect("a session serialises");
         text.push('\n');
-        let result = (|| -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        result.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            SessionError::Io {
-                action: "write",
-                path,
-                source,
-            }
+        private_file::write(&self.dir, &name, text.as_bytes()).map_err(|source| SessionError::Io {
+            action: "write",
+            path: self.dir.join(name),
+            source,
         })
     }
 
@@ -263,20 +245,11 @@ impl SessionDir {
     /// Keys that have a record, sorted. Names that are not `<valid key>.json` are skipped
     /// (temporary and moved-aside files start with '.').
     pub fn keys(&self) -> Result<Vec<StreamKey>, SessionError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| SessionError::Io {
+        private_file::keys(&self.dir, SUFFIX).map_err(|source| SessionError::Io {
             action: "list",
             path: self.dir.clone(),
             source,
-        })?;
-        let mut keys: Vec<StreamKey> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                StreamKey::parse(name.strip_suffix(SUFFIX)?).ok()
-            })
-            .collect();
-        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(keys)
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! reads, removal, and a per-key lock that serialises the hooks of one stream key.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::private_file;
 use crate::stream_key::StreamKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -165,49 +166,24 @@ impl StreamDir {
 
     /// Keys that have an env file here, sorted.
     pub fn keys(&self) -> Result<Vec<StreamKey>, StreamDirError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| StreamDirError::Io {
+        private_file::keys(&self.dir, ".env").map_err(|source| StreamDirError::Io {
             action: "list",
             path: self.dir.clone(),
             source,
-        })?;
-        let mut keys: Vec<StreamKey> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                StreamKey::parse(name.strip_suffix(".env")?).ok()
-            })
-            .collect();
-        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        Ok(keys)
+        })
     }
 
     /// Writes the env file of `key` atomically: a 0600 temporary file, fsync, rename, fsync of
     /// the directory. On failure nothing is left behind and any previous file is untouched.
     pub fn write(&self, key: &StreamKey, contents: &str) -> Result<PathBuf, StreamDirError> {
         let path = self.env_path(key);
-        let tmp = self
-            .dir
-            .join(format!(".{key}.env.{}.tmp", std::process::id()));
-        let result = (|| -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&tmp)?;
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        result.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            StreamDirError::Io {
+        private_file::write(&self.dir, &format!("{key}.env"), contents.as_bytes()).map_err(
+            |source| StreamDirError::Io {
                 action: "write",
                 path: path.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(path)
     }
 
