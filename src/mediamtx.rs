@@ -164,8 +164,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    /// A one-request HTTP server on 127.0.0.1 that answers `status` and returns what it got.
-    fn one_shot(status: u16) -> (String, std::thread::JoinHandle<String>) {
+    /// A one-request HTTP server on 127.0.0.1 that answers `status` with `body` (JSON) and
+    /// returns the request line it got.
+    fn serve(status: u16, body: &'static str) -> (String, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let handle = std::thread::spawn(move || {
@@ -173,14 +174,10 @@ mod tests {
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = [0u8; 4096];
             let n = conn.read(&mut buf).unwrap();
-            let body = if status == 200 {
-                ""
-            } else {
-                "{\"error\":\"connection not found\"}"
-            };
             write!(
                 conn,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
                 body.len()
             )
             .unwrap();
@@ -191,6 +188,15 @@ mod tests {
                 .to_string()
         });
         (url, handle)
+    }
+
+    fn one_shot(status: u16) -> (String, std::thread::JoinHandle<String>) {
+        let body = if status == 200 {
+            ""
+        } else {
+            "{\"error\":\"connection not found\"}"
+        };
+        serve(status, body)
     }
 
     #[test]
@@ -227,26 +233,7 @@ mod tests {
 
     /// Answers `GET /v3/paths/list` with `body` and returns the request line.
     fn serve_json(body: &'static str) -> (String, std::thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let handle = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let n = conn.read(&mut buf).unwrap();
-            write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        });
-        (url, handle)
+        serve(200, body)
     }
 
     #[test]
