@@ -176,6 +176,14 @@ fn release_dir(dir: &Path, binary: &Path, good: bool) -> PathBuf {
     release
 }
 
+/// Puts host file `from` at `to` in the machine as a configuration file: root:mediamtx, `mode`.
+fn install_config(machine: &Machine, from: &Path, to: &str, mode: &str) {
+    let from = from.to_str().unwrap();
+    machine.ok(&[
+        "install", "-m", mode, "-o", "root", "-g", "mediamtx", from, to,
+    ]);
+}
+
 #[test]
 fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     let _slot = common::stack::slot(1);
@@ -334,17 +342,12 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
         ),
     )
     .unwrap();
-    host.machine.ok(&[
-        "install",
-        "-m",
-        "0640",
-        "-o",
-        "root",
-        "-g",
-        "mediamtx",
-        streams.to_str().unwrap(),
+    install_config(
+        &host.machine,
+        &streams,
         "/etc/neustream/streams.toml",
-    ]);
+        "0640",
+    );
     let mut feed = Feed::start(
         &format!("rtmp://127.0.0.1:{}/live/{key}", host.rtmp_port),
         &dir.join("feed.log"),
@@ -426,18 +429,7 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     let env_before = host.machine.ok(&["cat", env_file]);
     let install_streams = |text: &str, mode: &str| {
         std::fs::write(&streams, text).unwrap();
-        let path = streams.to_str().unwrap();
-        host.machine.ok(&[
-            "install",
-            "-m",
-            mode,
-            "-o",
-            "root",
-            "-g",
-            "mediamtx",
-            path,
-            "/etc/neustream/streams.toml",
-        ]);
+        install_config(&host.machine, &streams, "/etc/neustream/streams.toml", mode);
     };
     let mistakes: [(&str, &dyn Fn()); 3] = [
         ("streams file /etc/neustream/streams.toml, line 3:", &|| {
@@ -485,17 +477,7 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     }
     install_streams(&good, "0640");
     std::fs::write(dir.join("neustream.env"), &env_before).unwrap();
-    host.machine.ok(&[
-        "install",
-        "-m",
-        "0640",
-        "-o",
-        "root",
-        "-g",
-        "mediamtx",
-        dir.join("neustream.env").to_str().unwrap(),
-        env_file,
-    ]);
+    install_config(&host.machine, &dir.join("neustream.env"), env_file, "0640");
 
     // ./install.sh again: nothing changes, MediaMTX is not restarted.
     let before = (host.snapshot(), host.main_pid());
