@@ -53,6 +53,15 @@ let
 
   # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.
   mtxUser = config.systemd.services.mediamtx.serviceConfig.User or "mediamtx";
+  # A drop-in on a package unit that runs as the hooks: their user (it owns the records and
+  # locks; the polkit rule names it) and the module's secrets.
+  asHooksUser = {
+    overrideStrategy = "asDropin";
+    serviceConfig = {
+      User = mtxUser;
+      EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
+    };
+  };
 
   # The same path as the shipped mediamtx.yml: stream keys are [A-Za-z0-9_-]+.
   livePath = "~^live/[A-Za-z0-9_-]+$";
@@ -595,14 +604,7 @@ in
 
     # ---- neustream-reconcile.service and .timer from the package; the module's secrets and
     # interval as drop-ins.
-    systemd.services.neustream-reconcile = {
-      overrideStrategy = "asDropin";
-      serviceConfig = {
-        # The hooks' user: it owns the records and locks; the polkit rule names it.
-        User = mtxUser;
-        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
-      };
-    };
+    systemd.services.neustream-reconcile = asHooksUser;
     systemd.timers.neustream-reconcile = {
       overrideStrategy = "asDropin";
       wantedBy = [ "timers.target" ];
@@ -611,13 +613,7 @@ in
 
     # ---- neustream-refresh.service and .timer from the package (changed destinations of live
     # streams; NEUSTREAM_REFRESH_INTERVAL in settings, 0 off).
-    systemd.services.neustream-refresh = {
-      overrideStrategy = "asDropin";
-      serviceConfig = {
-        User = mtxUser;
-        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) [ environmentFileString ];
-      };
-    };
+    systemd.services.neustream-refresh = asHooksUser;
     systemd.timers.neustream-refresh = {
       overrideStrategy = "asDropin";
       wantedBy = [ "timers.target" ];
