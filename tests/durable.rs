@@ -152,17 +152,6 @@ fn publishes_again(s: &Scene, key: &str, stop_within: Duration) {
     assert_eq!(record(s, key), None);
 }
 
-/// Sets the reconnect grace the hooks write into each new stream's env file (they read the
-/// settings file at every run).
-fn set_grace(s: &Scene, grace: &str) {
-    s.ingest.machine.ok(&[
-        "sed",
-        "-i",
-        &format!("s/^NEUSTREAM_RECONNECT_GRACE=.*$/NEUSTREAM_RECONNECT_GRACE={grace}/"),
-        "/etc/neustream/neustream.env",
-    ]);
-}
-
 fn source_state(s: &Scene, key: &str) -> String {
     let out = s
         .ingest
@@ -180,7 +169,7 @@ fn source_state(s: &Scene, key: &str) -> String {
 #[test]
 fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     let s = Scene::start("k9grace", mtx::VERSION, HookNames::Shipped);
-    set_grace(&s, "20s");
+    s.set_grace("20s");
     let key = "crash_grace_2";
     let mut old = go_live(&s, key, "a");
     let old_id = s.publisher_id(key);
@@ -268,7 +257,7 @@ fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
             ..Options::default()
         },
     );
-    set_grace(&s, "6s");
+    s.set_grace("6s");
     let key = "crash_late_3";
     let mut feed = go_live(&s, key, "a");
     let pid = mediamtx_pid(&s);

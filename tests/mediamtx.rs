@@ -425,13 +425,7 @@ fn stopping_mediamtx_ends_its_streams() {
 #[test]
 fn obs_reconnect_within_the_grace_keeps_every_destination_session() {
     let s = Scene::start("grace", mtx::VERSION, HookNames::Shipped);
-    // The hooks read the settings file at every run.
-    s.ingest.machine.ok(&[
-        "sed",
-        "-i",
-        "s/^NEUSTREAM_RECONNECT_GRACE=0$/NEUSTREAM_RECONNECT_GRACE=20s/",
-        "/etc/neustream/neustream.env",
-    ]);
+    s.set_grace("20s");
     let key = "obs_grace_7";
     s.add_stream(key);
     let mut old = s.publish(key, "old");

@@ -129,6 +129,17 @@ impl Scene {
         );
     }
 
+    /// Sets the reconnect grace the hooks write into each new stream's env file (they read the
+    /// settings file at every run; the harness starts with it off).
+    pub fn set_grace(&self, grace: &str) {
+        self.ingest.machine.ok(&[
+            "sed",
+            "-i",
+            &format!("s/^NEUSTREAM_RECONNECT_GRACE=.*$/NEUSTREAM_RECONNECT_GRACE={grace}/"),
+            "/etc/neustream/neustream.env",
+        ]);
+    }
+
     /// Waits until a publisher other than `old_id` owns `key`'s stream (its `ready` wrote the
     /// env file); its id.
     pub fn wait_new_owner(&self, key: &str, old_id: &str) -> String {
