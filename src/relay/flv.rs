@@ -71,32 +71,175 @@ impl std::fmt::Debug for Tag {
     }
 }
 
-impl Tag {
-    /// A video frame that starts a GOP (frame type 1). Sequence headers and the end of
-    /// sequence carry the flag too, and are not keyframes.
-    pub fn is_keyframe(&self) -> bool {
-        let p = &self.payload;
-        self.kind == Kind::Video
-            && p.first().is_some_and(|b| b >> 4 == 1)
-            // AVC/HEVC: a NALU packet, not the configuration or the end of sequence.
-            && (!matches!(p[0] & 0x0F, 7 | 12) || p.get(1) == Some(&1))
-    }
+/// A codec as the tag names it: the legacy FLV codec id, or an Enhanced RTMP FourCC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Legacy FLV: video codec id (7 AVC, 12 HEVC as some encoders write it) or audio sound
+    /// format (10 AAC, 2 MP3, ...).
+    Legacy(u8),
+    /// Enhanced RTMP: `avc1`, `hvc1`, `av01`, `vp09`, `Opus`, `mp4a`, `.mp3`, `fLaC`, ...
+    FourCc([u8; 4]),
+}
 
-    /// Codec configuration: AVC (codec 7) or HEVC (12) packet type 0, or AAC (format 10)
-    /// packet type 0. Destinations need it before any frame.
-    pub fn is_sequence_header(&self) -> bool {
-        let p = &self.payload;
+/// What an audio or video tag carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Codec configuration (sequence header / SequenceStart).
+    Config,
+    /// Coded media.
+    Frame,
+    /// The end of the sequence.
+    End,
+    /// Anything else (Enhanced RTMP metadata, multichannel configuration, a command frame,
+    /// ModEx): passed through, never a keyframe or a header.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub codec: Codec,
+    pub role: Role,
+    /// A video keyframe (frame type 1); false for audio.
+    pub key: bool,
+}
+
+/// Enhanced RTMP video packet types (veovera/enhanced-rtmp).
+const EX_SEQUENCE_START: u8 = 0;
+const EX_CODED_FRAMES: u8 = 1;
+const EX_SEQUENCE_END: u8 = 2;
+const EX_CODED_FRAMES_X: u8 = 3;
+const EX_MPEG2TS_SEQUENCE_START: u8 = 5;
+const EX_MULTITRACK: u8 = 6;
+/// Enhanced RTMP audio packet types.
+const EX_AUDIO_MULTITRACK: u8 = 5;
+/// Audio sound format 9: an Enhanced RTMP audio header follows.
+const AUDIO_EX_HEADER: u8 = 9;
+
+fn fourcc(p: &[u8], at: usize) -> Option<[u8; 4]> {
+    p.get(at..at + 4).map(|b| [b[0], b[1], b[2], b[3]])
+}
+
+fn video_packet(p: &[u8]) -> Option<Packet> {
+    let b0 = *p.first()?;
+    if b0 & 0x80 == 0 {
+        // Legacy: frame type (4 bits), codec id (4 bits); AVC and HEVC add a packet type.
+        let codec = b0 & 0x0F;
+        let key = b0 >> 4 == 1;
+        let role = if matches!(codec, 7 | 12) {
+            match p.get(1)? {
+                0 => Role::Config,
+                1 => Role::Frame,
+                2 => Role::End,
+                _ => Role::Other,
+            }
+        } else {
+            Role::Frame
+        };
+        return Some(Packet {
+            codec: Codec::Legacy(codec),
+            role,
+            key,
+        });
+    }
+    // Enhanced: IsExHeader, frame type (3 bits), packet type (4 bits), FourCC.
+    let frame_type = (b0 >> 4) & 0x07;
+    let mut packet_type = b0 & 0x0F;
+    let mut at = 1;
+    if packet_type == EX_MULTITRACK {
+        // Multitrack type (high nibble) and the packet type of the tracks (low nibble); one
+        // FourCC for every track unless the tracks differ in codec (type 2).
+        let b1 = *p.get(1)?;
+        packet_type = b1 & 0x0F;
+        at = 2;
+    }
+    let codec = Codec::FourCc(fourcc(p, at)?);
+    let role = match packet_type {
+        EX_SEQUENCE_START | EX_MPEG2TS_SEQUENCE_START => Role::Config,
+        EX_CODED_FRAMES | EX_CODED_FRAMES_X => Role::Frame,
+        EX_SEQUENCE_END => Role::End,
+        _ => Role::Other,
+    };
+    Some(Packet {
+        codec,
+        role,
+        key: frame_type == 1,
+    })
+}
+
+fn audio_packet(p: &[u8]) -> Option<Packet> {
+    let b0 = *p.first()?;
+    let format = b0 >> 4;
+    if format != AUDIO_EX_HEADER {
+        let role = if format == 10 {
+            match p.get(1)? {
+                0 => Role::Config,
+                _ => Role::Frame,
+            }
+        } else {
+            Role::Frame
+        };
+        return Some(Packet {
+            codec: Codec::Legacy(format),
+            role,
+            key: false,
+        });
+    }
+    let mut packet_type = b0 & 0x0F;
+    let mut at = 1;
+    if packet_type == EX_AUDIO_MULTITRACK {
+        packet_type = *p.get(1)? & 0x0F;
+        at = 2;
+    }
+    let codec = Codec::FourCc(fourcc(p, at)?);
+    let role = match packet_type {
+        EX_SEQUENCE_START => Role::Config,
+        EX_CODED_FRAMES => Role::Frame,
+        EX_SEQUENCE_END => Role::End,
+        _ => Role::Other,
+    };
+    Some(Packet {
+        codec,
+        role,
+        key: false,
+    })
+}
+
+impl Tag {
+    /// What the first bytes of an audio or video payload say, legacy FLV and Enhanced RTMP
+    /// alike (none for script data or an empty payload).
+    pub fn packet(&self) -> Option<Packet> {
         match self.kind {
-            Kind::Video => p.len() >= 2 && matches!(p[0] & 0x0F, 7 | 12) && p[1] == 0,
-            Kind::Audio => p.len() >= 2 && p[0] >> 4 == 10 && p[1] == 0,
-            Kind::Script => false,
+            Kind::Video => video_packet(&self.payload),
+            Kind::Audio => audio_packet(&self.payload),
+            Kind::Script => None,
         }
     }
 
-    /// An AVC end-of-sequence tag (packet type 2): ends the destination's stream.
+    /// A video frame that starts a GOP (frame type 1), in any codec. Sequence headers and
+    /// the end of sequence carry the flag too, and are not keyframes.
+    pub fn is_keyframe(&self) -> bool {
+        self.kind == Kind::Video
+            && matches!(
+                self.packet(),
+                Some(Packet {
+                    role: Role::Frame,
+                    key: true,
+                    ..
+                })
+            )
+    }
+
+    /// Codec configuration: AVC/HEVC packet type 0, AAC packet type 0, or an Enhanced RTMP
+    /// SequenceStart (HEVC, AV1, VP9, Opus, FLAC, AC-3, ...). Destinations need it before any
+    /// frame.
+    pub fn is_sequence_header(&self) -> bool {
+        self.packet().is_some_and(|p| p.role == Role::Config)
+    }
+
+    /// An end-of-sequence tag (AVC/HEVC packet type 2, Enhanced RTMP SequenceEnd): ends the
+    /// destination's stream.
     pub fn is_end_of_sequence(&self) -> bool {
-        let p = &self.payload;
-        self.kind == Kind::Video && p.len() >= 2 && matches!(p[0] & 0x0F, 7 | 12) && p[1] == 2
+        self.kind == Kind::Video && self.packet().is_some_and(|p| p.role == Role::End)
     }
 
     /// Bytes this tag takes on the wire.
@@ -323,6 +466,48 @@ mod tests {
             ..video(5, true, false)
         };
         assert!(eos.is_end_of_sequence() && !eos.is_keyframe());
+    }
+
+    fn tag(kind: Kind, payload: &'static [u8]) -> Tag {
+        Tag {
+            kind,
+            timestamp: 0,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn classifies_enhanced_rtmp_tags() {
+        // IsExHeader | frame type 1 | SequenceStart, "hvc1".
+        let hevc_config = tag(Kind::Video, b"\x90hvc1\x01\x02");
+        assert!(hevc_config.is_sequence_header() && !hevc_config.is_keyframe());
+        assert_eq!(hevc_config.packet().unwrap().codec, Codec::FourCc(*b"hvc1"));
+        // Keyframes: CodedFrames (1) and CodedFramesX (3), frame type 1.
+        assert!(tag(Kind::Video, b"\x91hvc1\0\0\0\x05").is_keyframe());
+        assert!(tag(Kind::Video, b"\x93av01\x12").is_keyframe());
+        // Inter frame (frame type 2).
+        let inter = tag(Kind::Video, b"\xA3av01\x12");
+        assert!(!inter.is_keyframe() && !inter.is_sequence_header());
+        // SequenceEnd.
+        assert!(tag(Kind::Video, b"\x92vp09").is_end_of_sequence());
+        // Metadata (4) and a command frame: neither header nor keyframe.
+        let meta = tag(Kind::Video, b"\x94hvc1\x02");
+        assert!(!meta.is_keyframe() && !meta.is_sequence_header());
+        // Multitrack, one track type (0) of CodedFramesX: the packet type is in byte 1.
+        assert!(tag(Kind::Video, b"\x96\x03av01\0\x12").is_keyframe());
+        assert!(tag(Kind::Video, b"\x96\x00hvc1\0\x01").is_sequence_header());
+        // Too short for a FourCC: nothing.
+        assert_eq!(tag(Kind::Video, b"\x91hv").packet(), None);
+        // Audio ExHeader (9): SequenceStart, CodedFrames.
+        let opus_config = tag(Kind::Audio, b"\x90Opus\x01");
+        assert!(opus_config.is_sequence_header());
+        assert_eq!(opus_config.packet().unwrap().codec, Codec::FourCc(*b"Opus"));
+        assert!(!tag(Kind::Audio, b"\x91Opus\xfc").is_sequence_header());
+        // Legacy MP3 (format 2) is a frame; legacy AAC keeps its packet type.
+        let mp3 = tag(Kind::Audio, b"\x2f\xff\xfb");
+        assert_eq!(mp3.packet().unwrap().codec, Codec::Legacy(2));
+        assert!(!mp3.is_sequence_header());
+        assert_eq!(tag(Kind::Audio, b"").packet(), None);
     }
 
     #[test]

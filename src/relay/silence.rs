@@ -23,7 +23,8 @@ const RATES: [u32; 13] = [
 /// AAC object type, sample rate and channels from an FLV AAC sequence header.
 pub fn aac_format(config: &Tag) -> Option<(u8, u32, u8)> {
     let p = &config.payload;
-    if config.kind != Kind::Audio || !config.is_sequence_header() || p.len() < 4 {
+    if config.kind != Kind::Audio || !config.is_sequence_header() || p.len() < 4 || p[0] >> 4 != 10
+    {
         return None;
     }
     let object = p[2] >> 3;
