@@ -49,6 +49,7 @@ let
     "NEUSTREAM_STOP_TIMEOUT"
     "NEUSTREAM_TLS_VERIFY"
     "NEUSTREAM_CA_FILE"
+    "NEUSTREAM_RTMP_ENGINE"
   ];
 
   # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.
@@ -253,7 +254,7 @@ in
         default = relayUnitValue "CPUQuota";
         example = "100%";
         description = ''
-          `CPUQuota=` of each relay (one ffmpeg copying one stream to all its destinations).
+          `CPUQuota=` of each relay (one process copying one stream to all its destinations).
           All relays together are capped by neustream.slice; size that with
           `systemd.slices.neustream.sliceConfig.CPUQuota`.
         '';
@@ -380,6 +381,20 @@ in
             ];
             default = "info";
             description = "Log level of the hooks and relays.";
+          };
+          NEUSTREAM_RTMP_ENGINE = mkOption {
+            type = types.enum [
+              "native"
+              "ffmpeg"
+            ];
+            default = "native";
+            description = ''
+              The relays' RTMP client: `native` (the relay reads the ingest and publishes to
+              every destination itself, one process per stream, H.264, HEVC, AV1, VP9, Opus...)
+              or `ffmpeg` (one ffmpeg per destination, as relay v2 did; H.264/AAC only): the
+              fallback for a platform that disagrees with the native client. Applies to the
+              next relay start.
+            '';
           };
         };
       };

@@ -2,7 +2,7 @@
 //! Variables come from the process environment or the settings file (`--config`).
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -320,7 +320,21 @@ pub struct RelayArgs {
     )]
     pub ffmpeg: PathBuf,
 
-    /// Time ffmpeg gets to stop (and close its publish cleanly) before it is killed.
+    /// The RTMP client: `native` (the relay reads the ingest and publishes to every
+    /// destination itself: one process per stream, 4096-byte chunks, Enhanced RTMP codecs) or
+    /// `ffmpeg` (one ffmpeg reads the ingest and one per destination publishes, as relay v2
+    /// did: the fallback for a platform that disagrees with the native client; H.264/AAC only).
+    #[arg(
+        long,
+        env = "NEUSTREAM_RTMP_ENGINE",
+        default_value = "native",
+        value_enum,
+        value_name = "ENGINE"
+    )]
+    pub rtmp_engine: RtmpEngine,
+
+    /// Time a destination gets to close its publish cleanly (FCUnpublish, deleteStream), and
+    /// ffmpeg to stop, before it is cut off.
     #[arg(long, env = "NEUSTREAM_STOP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
 
@@ -350,6 +364,13 @@ pub struct RelayArgs {
     /// unit's runtime directory ($RUNTIME_DIRECTORY).
     #[arg(long, env = "NEUSTREAM_RELAY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+/// `NEUSTREAM_RTMP_ENGINE`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtmpEngine {
+    Native,
+    Ffmpeg,
 }
 
 #[derive(Args, Debug)]

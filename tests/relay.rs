@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::arrivals::{self, worst_gap, Watcher};
 use common::media::{probe, Publisher};
+use common::media_server::MediaServer;
 use common::nginx::RtmpServer;
 use common::publish_hooks::PublishHooks;
 
@@ -182,7 +183,18 @@ fn assert_no_keys(text: &str, keys: &[String], what: &str) {
 
 #[test]
 fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
-    let dir = common::scratch("relay-fanout");
+    fan_out("native");
+}
+
+/// The fallback engine (`NEUSTREAM_RTMP_ENGINE=ffmpeg`) end to end: the same stream, the same
+/// state, the same clean stop, with one source ffmpeg and one per destination.
+#[test]
+fn the_ffmpeg_engine_relays_to_three_destinations_and_stops_cleanly() {
+    fan_out("ffmpeg");
+}
+
+fn fan_out(engine: &str) {
+    let dir = common::scratch(&format!("relay-fanout-{engine}"));
     let source = RtmpServer::start(&dir.join("source"));
     let _publisher = Publisher::start(&source.url("live/src"));
     let servers: Vec<RtmpServer> = (0..3)
@@ -193,7 +205,12 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
         .enumerate()
         .map(|(i, s)| nginx_dest(i, s))
         .collect();
-    let mut relay = Relay::start(&source.url("live/src"), &dests, &dir);
+    let mut relay = Relay::start_with(
+        &source.url("live/src"),
+        &dests,
+        &dir,
+        &[("NEUSTREAM_RTMP_ENGINE", engine)],
+    );
 
     // Every destination gets video within a few seconds of the relay starting.
     let started = Instant::now();
@@ -240,9 +257,18 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
         );
     }
 
-    // One source ffmpeg and one per destination; the state file says every one is live.
+    // The native engine is this one process; the ffmpeg engine runs one source ffmpeg and
+    // one per destination. The state file says every destination is live.
     let ffmpegs = relay.ffmpegs();
-    assert_eq!(ffmpegs.len(), 4, "1 source + 3 destinations: {ffmpegs:?}");
+    if engine == "native" {
+        assert_eq!(
+            ffmpegs,
+            Vec::<i32>::new(),
+            "no ffmpeg with the native engine"
+        );
+    } else {
+        assert_eq!(ffmpegs.len(), 4, "1 source + 3 destinations: {ffmpegs:?}");
+    }
     let state = relay.state();
     assert_eq!(state["stream"], KEY, "{state}");
     assert_eq!(state["source"]["state"], "live", "{state}");
@@ -259,6 +285,18 @@ fn relays_to_three_destinations_at_real_time_and_stops_cleanly() {
             (1_000_000..3_000_000).contains(&bitrate),
             "destination {i}: the clip is ~1.6 Mb/s: {state}"
         );
+        if engine == "native" {
+            // The relay's own socket: what the server acknowledged, and RTMP's framing
+            // (4096-byte chunks) costs no more than FLV's tag headers did.
+            let media = d["bytes"].as_f64().unwrap();
+            let sent = d["tcp"]["bytes_sent"].as_f64().unwrap_or(0.0);
+            let acked = d["tcp"]["bytes_acked"].as_f64().unwrap_or(0.0);
+            assert!(
+                sent > 0.9 * media && sent < 1.02 * media,
+                "destination {i}: {sent} bytes on the socket for {media} media bytes: {state}"
+            );
+            assert!(acked > 0.5 * media, "destination {i}: {state}");
+        }
     }
 
     // Stop as systemd does: the relay exits 0, closes every destination cleanly and leaves
@@ -649,4 +687,60 @@ fn missing_stream_description_is_a_configuration_error() {
         err.contains(&format!("/run/neustream/streams/{KEY}.env")),
         "{err}"
     );
+}
+
+/// HEVC + AAC published to MediaMTX over RTSP (as IRL encoders and OBS do): the native engine
+/// asks MediaMTX for every codec (Enhanced RTMP), so a MediaMTX destination receives HEVC with
+/// its audio, byte for byte, and the state counts it.
+#[test]
+fn an_hevc_stream_reaches_a_destination_as_hevc_with_audio() {
+    let dir = common::scratch("relay-hevc");
+    let server = MediaServer::start(&dir.join("mediamtx"));
+    let _publisher = common::media::encode(
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "keyint=30:log-level=error",
+            "-b:v",
+            "300k",
+            "-c:a",
+            "aac",
+        ],
+        "rtsp",
+        &server.rtsp_url("live/src"),
+    );
+    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
+        server.codecs("live/src")
+    });
+    assert_eq!(
+        published,
+        Some(("hevc".to_owned(), "aac".to_owned())),
+        "the HEVC publisher; MediaMTX log:\n{}",
+        server.log()
+    );
+    let dests: Vec<Dest> = vec![("custom", server.rtmp_url("live/"), dest_key(0))];
+    let relay = Relay::start(&server.rtmp_url("live/src"), &dests, &dir);
+    let got = common::wait_for(Duration::from_secs(20), Duration::from_millis(500), || {
+        server
+            .codecs(&format!("live/{}", dest_key(0)))
+            .filter(|(v, a)| !v.is_empty() && !a.is_empty())
+    });
+    assert_eq!(
+        got,
+        Some(("hevc".to_owned(), "aac".to_owned())),
+        "the destination's stream; relay log:\n{}\nMediaMTX log:\n{}",
+        relay.log(),
+        server.log()
+    );
+    assert!(
+        !server.log().contains("skipping track"),
+        "MediaMTX skipped a track for the relay:\n{}",
+        server.log()
+    );
+    let state = relay.state();
+    assert_eq!(state["destinations"][0]["state"], "live", "{state}");
+    assert_no_keys(&relay.log(), &[dest_key(0)], "the relay log");
 }

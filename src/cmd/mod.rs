@@ -71,7 +71,10 @@ pub fn is_refusal(err: &anyhow::Error) -> bool {
 
 /// The single-threaded runtime the subcommands run on (a hook does a few calls in sequence).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Blocking threads resolve host names (and read files): a few are plenty, and the relay's
+    // unit has a TasksMax= (see neustream-relay@.service).
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(16)
         .build()?)
 }

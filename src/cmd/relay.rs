@@ -5,7 +5,7 @@
 use tracing::{info, warn};
 
 use super::ConfigError;
-use crate::cli::RelayArgs;
+use crate::cli::{RelayArgs, RtmpEngine};
 use crate::config;
 use crate::envfile::StreamSpec;
 use crate::relay::{self, ffmpeg::Tls, Outcome};
@@ -40,7 +40,20 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             d.redacted()
         );
     }
+    let engine = match args.rtmp_engine {
+        RtmpEngine::Native => relay::Engine::Native,
+        RtmpEngine::Ffmpeg => relay::Engine::Ffmpeg,
+    };
+    if engine == relay::Engine::Ffmpeg {
+        info!(
+            stream_key = %spec.key,
+            "{}: NEUSTREAM_RTMP_ENGINE=ffmpeg: one ffmpeg reads the ingest and one per \
+             destination publishes (H.264/AAC only)",
+            spec.key
+        );
+    }
     let settings = relay::Settings {
+        engine,
         ffmpeg: args.ffmpeg.clone(),
         stop_timeout: args.stop_timeout,
         tls,

@@ -144,7 +144,7 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         "neustream_destination_last_error",
         Gauge,
         "1 for the class of the destination's last failure: refused, unreachable, \
-         certificate, tls, dropped or timeout (all 0 before any failure).",
+         certificate, tls, dropped, timeout or protocol (all 0 before any failure).",
     );
     let mut d_overflows = Family::new(
         "neustream_destination_queue_overflows_total",

@@ -16,13 +16,14 @@ const MAX_FILE: u64 = 1 << 20;
 /// Destination states, in the order metrics list them.
 pub const STATES: [&str; 5] = ["waiting", "connecting", "live", "retrying", "stopped"];
 /// Error classes (`crate::relay::state::ErrorClass`).
-pub const ERRORS: [&str; 6] = [
+pub const ERRORS: [&str; 7] = [
     "refused",
     "unreachable",
     "certificate",
     "tls",
     "dropped",
     "timeout",
+    "protocol",
 ];
 
 #[derive(Debug, thiserror::Error)]

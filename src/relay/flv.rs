@@ -152,18 +152,53 @@ fn video_packet(p: &[u8]) -> Option<Packet> {
         packet_type = b1 & 0x0F;
         at = 2;
     }
-    let codec = Codec::FourCc(fourcc(p, at)?);
+    let cc = fourcc(p, at)?;
     let role = match packet_type {
         EX_SEQUENCE_START | EX_MPEG2TS_SEQUENCE_START => Role::Config,
         EX_CODED_FRAMES | EX_CODED_FRAMES_X => Role::Frame,
         EX_SEQUENCE_END => Role::End,
         _ => Role::Other,
     };
+    // Frame type 0 is "reserved", yet what MediaMTX writes: the bitstream tells then.
+    let key = match frame_type {
+        0 if role == Role::Frame => super::codec::is_keyframe(&cc, packet_type, &p[at + 4..]),
+        t => t == 1,
+    };
     Some(Packet {
-        codec,
+        codec: Codec::FourCc(cc),
         role,
-        key: frame_type == 1,
+        key,
     })
+}
+
+impl Tag {
+    /// An Enhanced RTMP video tag written with frame type 0 (reserved: MediaMTX does so) gets
+    /// the frame type its bitstream says (1 keyframe, 2 inter frame; a sequence start 1), so
+    /// destinations see what the specification asks for. Every other tag is returned as is.
+    pub fn with_frame_type(self) -> Tag {
+        let Some(&b0) = self.payload.first() else {
+            return self;
+        };
+        if self.kind != Kind::Video || b0 & 0x80 == 0 || b0 & 0x70 != 0 {
+            return self;
+        }
+        let frame_type = match self.packet() {
+            Some(Packet { key: true, .. })
+            | Some(Packet {
+                role: Role::Config, ..
+            }) => 1,
+            Some(Packet {
+                role: Role::Frame, ..
+            }) => 2,
+            _ => return self,
+        };
+        let mut payload = BytesMut::from(&self.payload[..]);
+        payload[0] = b0 | (frame_type << 4);
+        Tag {
+            payload: payload.freeze(),
+            ..self
+        }
+    }
 }
 
 fn audio_packet(p: &[u8]) -> Option<Packet> {
@@ -496,6 +531,28 @@ mod tests {
         // Multitrack, one track type (0) of CodedFramesX: the packet type is in byte 1.
         assert!(tag(Kind::Video, b"\x96\x03av01\0\x12").is_keyframe());
         assert!(tag(Kind::Video, b"\x96\x00hvc1\0\x01").is_sequence_header());
+        // Frame type 0 (MediaMTX): the HEVC bitstream says IDR (NAL type 19) or not (1).
+        let idr = tag(Kind::Video, b"\x81hvc1\0\0\0\0\0\0\x02\x26\x01");
+        assert!(idr.is_keyframe());
+        assert_eq!(idr.clone().with_frame_type().payload[0], 0x91);
+        let trail = tag(Kind::Video, b"\x81hvc1\0\0\0\0\0\0\x02\x02\x01");
+        assert!(!trail.is_keyframe());
+        assert_eq!(trail.with_frame_type().payload[0], 0xA1);
+        assert_eq!(
+            tag(Kind::Video, b"\x80hvc1\x01").with_frame_type().payload[0],
+            0x90
+        );
+        // Set frame types and legacy tags stay as they are.
+        assert_eq!(
+            tag(Kind::Video, b"\xA1hvc1\0\0\0")
+                .with_frame_type()
+                .payload[0],
+            0xA1
+        );
+        assert_eq!(
+            video(0, true, false).with_frame_type(),
+            video(0, true, false)
+        );
         // Too short for a FourCC: nothing.
         assert_eq!(tag(Kind::Video, b"\x91hv").packet(), None);
         // Audio ExHeader (9): SequenceStart, CodedFrames.

@@ -2,23 +2,30 @@
 //! small supervisor that owns every destination.
 //!
 //! ```text
-//! ingest ──▶ source ffmpeg ──FLV──▶ hub (GOP cache, per-destination queues, one timeline)
-//!                                    ├──FLV──▶ ffmpeg ──▶ destination 0
-//!                                    └──FLV──▶ ffmpeg ──▶ destination 1 ...
+//! ingest ──RTMP play──▶ hub (GOP cache, per-destination queues, one timeline)
+//!                        ├──RTMP──▶ destination 0
+//!                        └──RTMPS─▶ destination 1 ...
 //! ```
-//! Each destination has its own ffmpeg, queue and backoff ([`output`]); the relay keeps its
-//! state current for `systemctl status` and a state file ([`state`]).
+//! The native engine ([`crate::rtmp`]) does all of it in this one process; the fallback engine
+//! (`NEUSTREAM_RTMP_ENGINE=ffmpeg`) reads the ingest with one ffmpeg and gives each destination
+//! an ffmpeg of its own, fed FLV from its queue ([`ingest`], [`push_ffmpeg`]). Either way each
+//! destination has its own queue and backoff ([`output`]); the relay keeps its state current
+//! for `systemctl status` and a state file ([`state`]).
 
 pub mod backoff;
 mod cache;
+mod codec;
 pub mod control;
 pub mod ffmpeg;
 mod filler;
 pub mod flv;
 mod hub;
+mod ingest;
 mod notify;
 mod output;
 mod process;
+mod push_ffmpeg;
+mod push_native;
 mod queue;
 mod silence;
 mod source;
@@ -35,6 +42,7 @@ use tracing::{info, warn};
 
 use crate::destination::{Destination, Redactor};
 use crate::envfile::StreamSpec;
+use crate::rtmp;
 use ffmpeg::Tls;
 use hub::Hub;
 use output::Output;
@@ -44,7 +52,17 @@ use state::{Board, SourcePhase};
 /// How often the state is published when nothing changes (bitrates move).
 const STATE_EVERY: Duration = Duration::from_secs(2);
 
+/// The RTMP client of the relay (`NEUSTREAM_RTMP_ENGINE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// [`crate::rtmp`]: the ingest and every destination in this process.
+    Native,
+    /// One ffmpeg reads the ingest, one per destination publishes.
+    Ffmpeg,
+}
+
 pub struct Settings {
+    pub engine: Engine,
     pub ffmpeg: PathBuf,
     pub stop_timeout: Duration,
     pub tls: Tls,
@@ -59,10 +77,15 @@ pub struct Settings {
 /// What the source, the destinations and the state publisher share.
 pub struct Shared {
     key: String,
+    engine: Engine,
     ffmpeg: PathBuf,
     hub: Hub,
     board: Board,
     tls: Tls,
+    /// The native engine's TLS: verified as `tls` says (an error: the CA bundle is unusable,
+    /// so no rtmps:// destination can be verified), and one for plain connections.
+    native_tls: Result<rtmp::TlsConfig, String>,
+    plain_tls: rtmp::TlsConfig,
     stop_timeout: Duration,
     /// Turns true once the first source has a picture to show (a video keyframe, or audio for
     /// a stream without video): destinations start then, not before.
@@ -71,6 +94,36 @@ pub struct Shared {
     events: mpsc::UnboundedSender<SourceEvent>,
     /// The grace's silence, made once per audio format.
     silence: filler::SilenceCache,
+}
+
+impl Shared {
+    /// The TLS configuration for a connection, `secure` or not.
+    fn native_tls(&self, secure: bool) -> Result<rtmp::TlsConfig, String> {
+        match (&self.native_tls, secure) {
+            (Ok(tls), _) => Ok(tls.clone()),
+            (Err(e), true) => Err(e.clone()),
+            (Err(_), false) => Ok(self.plain_tls.clone()),
+        }
+    }
+
+    fn rtmp_options(&self) -> rtmp::Options {
+        rtmp::Options {
+            publish_timeout: output::CONNECT_TIMEOUT,
+            ..rtmp::Options::default()
+        }
+    }
+}
+
+/// The native engine's TLS configurations from the relay's setting.
+fn native_tls(tls: &Tls) -> (Result<rtmp::TlsConfig, String>, rtmp::TlsConfig) {
+    let unverified = std::path::Path::new("/dev/null");
+    let plain = rtmp::TlsConfig::new(false, unverified).expect("no CA bundle is read");
+    let verified = match tls {
+        Tls::Verify(ca) => rtmp::TlsConfig::new(true, std::path::Path::new(ca))
+            .map_err(|e| format!("the CA bundle {ca} cannot be used: {e}")),
+        Tls::Off => Ok(plain.clone()),
+    };
+    (verified, plain)
 }
 
 /// From the source to the relay's main loop.
@@ -131,12 +184,25 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
 
     let key = spec.key.to_string();
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (verified_tls, plain_tls) = native_tls(&settings.tls);
+    if let (Engine::Native, Err(e)) = (settings.engine, &verified_tls) {
+        if spec
+            .destinations
+            .iter()
+            .any(|d| d.public_url().starts_with("rtmps://"))
+        {
+            warn!(stream_key = %key, "{key}: {e}: rtmps:// destinations will not be relayed");
+        }
+    }
     let shared = Arc::new(Shared {
         hub: Hub::new(&key),
         board: Board::new(&key, &spec.source_id),
         key: key.clone(),
+        engine: settings.engine,
         ffmpeg: settings.ffmpeg.clone(),
         tls: settings.tls.clone(),
+        native_tls: verified_tls,
+        plain_tls,
         stop_timeout: settings.stop_timeout,
         picture: watch::channel(false).0,
         events: events_tx,
@@ -290,7 +356,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         warn!(stream_key = %key, "{key}: destinations still stopping after {:?}", settings.stop_timeout);
     }
     publisher.abort();
-    publish_once(&shared, settings.state_dir.as_deref(), None);
+    publish_once(&shared, settings.state_dir.as_deref());
     if let Some(dir) = &settings.state_dir {
         let _ = std::fs::remove_file(dir.join(control::SOCKET));
     }
@@ -300,8 +366,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
 fn describe_end(end: &source::End) -> String {
     match end {
         source::End::Finished => "its stream ended".into(),
-        source::End::Failed(status) => format!("the source ffmpeg exited: {status}"),
-        source::End::Garbled(e) => format!("unreadable FLV: {e}"),
+        source::End::Failed(failure) => failure.to_string(),
         source::End::Stopped => "stopped".into(),
         source::End::Stalled => format!("nothing read for {:?}", source::STALL),
     }
@@ -311,11 +376,8 @@ fn source_outcome(key: &str, end: source::End) -> anyhow::Result<Outcome> {
     match end {
         source::End::Stopped => Ok(Outcome::Stopped("stop")),
         source::End::Finished | source::End::Stalled => Ok(Outcome::SourceEnded),
-        source::End::Failed(status) => {
-            anyhow::bail!("{key}: the source ffmpeg exited ({status}); systemd restarts the relay")
-        }
-        source::End::Garbled(e) => {
-            anyhow::bail!("{key}: the source ffmpeg's output is not FLV: {e}")
+        source::End::Failed(failure) => {
+            anyhow::bail!("{key}: {failure}; systemd restarts the relay")
         }
     }
 }
@@ -399,7 +461,6 @@ fn diff(running: &[Arc<Output>], wanted: &[Destination]) -> Diff {
 }
 
 async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
-    let mut tcp = tcpinfo::Sampler::default();
     loop {
         tokio::select! {
             _ = shared.board.changed() => {
@@ -408,27 +469,13 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
             }
             _ = tokio::time::sleep(STATE_EVERY) => {}
         }
-        publish_once(&shared, dir.as_deref(), Some(&mut tcp));
+        publish_once(&shared, dir.as_deref());
     }
 }
 
-fn publish_once(
-    shared: &Shared,
-    dir: Option<&std::path::Path>,
-    tcp: Option<&mut tcpinfo::Sampler<Output>>,
-) {
+fn publish_once(shared: &Shared, dir: Option<&std::path::Path>) {
     let outputs = shared.hub.outputs();
     let mut states: Vec<_> = outputs.iter().map(|o| o.state()).collect();
-    if let Some(tcp) = tcp {
-        let children: Vec<_> = outputs
-            .iter()
-            .zip(&states)
-            .map(|(o, s)| (o, s.pid))
-            .collect();
-        for (s, t) in states.iter_mut().zip(tcp.sample(&children)) {
-            s.tcp = t;
-        }
-    }
     let (status, json) = shared.board.render(&mut states);
     for (o, s) in outputs.iter().zip(&states) {
         o.merge_rate(s);

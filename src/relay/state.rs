@@ -44,8 +44,11 @@ pub enum ErrorClass {
     Tls,
     /// The connection dropped after streaming.
     Dropped,
-    /// No publish within the connect timeout.
+    /// No publish within the connect timeout, or a write that made no progress for long.
     Timeout,
+    /// The server broke the RTMP protocol or one of the relay's bounds (an absurd chunk size
+    /// or message length, garbage): native engine.
+    Protocol,
 }
 
 impl ErrorClass {
@@ -57,6 +60,7 @@ impl ErrorClass {
             ErrorClass::Tls => "tls",
             ErrorClass::Dropped => "dropped",
             ErrorClass::Timeout => "timeout",
+            ErrorClass::Protocol => "protocol",
         }
     }
 }
@@ -68,11 +72,11 @@ pub struct DestinationState {
     pub state: Phase,
     /// Unix time of the last change of `state`.
     pub since: u64,
-    /// FLV bytes handed to this destination's ffmpeg, all sessions.
+    /// Media bytes (as FLV tags) handed to this destination, all sessions.
     pub bytes: u64,
     /// Over the last few seconds, bits per second.
     pub bitrate: u64,
-    /// Connection attempts (ffmpeg sessions) started.
+    /// Connection attempts (sessions) started.
     pub attempts: u32,
     /// Failed sessions since the last healthy one.
     pub failures: u32,
@@ -84,9 +88,6 @@ pub struct DestinationState {
     /// The socket's own counters (`tcp_info`), all sessions; absent when not readable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<super::tcpinfo::Totals>,
-    /// The current session's ffmpeg, for [`super::tcpinfo`].
-    #[serde(skip)]
-    pub(super) pid: Option<u32>,
     #[serde(skip)]
     pub(super) rate_mark: Option<(Instant, u64)>,
 }
@@ -144,7 +145,6 @@ impl DestinationState {
             retry_at: None,
             queue_overflows: 0,
             tcp: None,
-            pid: None,
             rate_mark: None,
         }
     }

@@ -90,6 +90,44 @@ impl Drop for Publisher {
     }
 }
 
+/// A live encode (ffmpeg's test pattern and a tone, real time) to `url` in the given codecs,
+/// e.g. `["-c:v", "libx265", ...]` and `-f rtsp`: publishers of codecs the clip does not have.
+/// Stopped on drop.
+pub fn encode(codec_args: &[&str], format: &str, url: &str) -> Publisher {
+    let child = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-ac",
+            "2",
+        ])
+        .args(codec_args)
+        .args(["-f", format])
+        .args(if format == "rtsp" {
+            &["-rtsp_transport", "tcp"][..]
+        } else {
+            &[][..]
+        })
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the encoder");
+    Publisher { child }
+}
+
 /// What ffprobe sees in a recording.
 #[derive(Debug, Default)]
 pub struct Received {

@@ -7,6 +7,7 @@ pub mod control_plane_double;
 pub mod file_server;
 pub mod machine;
 pub mod media;
+pub mod media_server;
 pub mod mediamtx;
 pub mod nginx;
 pub mod publish_hooks;
