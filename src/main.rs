@@ -13,6 +13,7 @@ mod mediamtx;
 mod operator;
 mod private_file;
 mod relay;
+mod rtmp;
 mod sessions;
 mod stream_key;
 mod streamdir;
