@@ -324,6 +324,8 @@ impl Conn {
         done: &mut impl FnMut(&Conn) -> bool,
         mut stall: Pin<&mut Sleep>,
     ) -> Poll<Result<(), Error>> {
+        // Whether the socket said "nothing more to read" (and so will wake us when there is).
+        let mut read_pending = false;
         // Answers produced by reading (pongs, acks) are written in the next round.
         for _round in 0..4 {
             if self.poll_write_out(cx)? {
@@ -333,6 +335,7 @@ impl Conn {
             if done(self) {
                 return Poll::Ready(Ok(()));
             }
+            read_pending = false;
             let mut reads = 0;
             while !self.eof && reads < READS_PER_POLL {
                 let mut buf = ReadBuf::new(&mut self.rbuf);
@@ -354,23 +357,17 @@ impl Conn {
                             "reading from",
                         )));
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        read_pending = true;
+                        break;
+                    }
                 }
                 self.take_events();
                 if done(self) {
-                    break;
-                }
-            }
-            self.take_events();
-            if !self.session.has_output() {
-                if done(self) {
                     return Poll::Ready(Ok(()));
                 }
-                if reads == READS_PER_POLL {
-                    // More may be waiting: let other tasks run, then come back.
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
+            }
+            if !self.session.has_output() {
                 break;
             }
         }
@@ -392,6 +389,11 @@ impl Conn {
                     self.write_stall.as_secs_f32()
                 ),
             )));
+        }
+        if (!read_pending && !self.eof) || self.session.has_output() {
+            // We stopped before the socket ran dry, or with answers not yet tried (a budget):
+            // nothing would wake us, so come back after the other tasks had their turn.
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
