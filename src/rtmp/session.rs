@@ -802,3 +802,6 @@ impl Session {
         self.step = Step::Closed;
     }
 }
+
+#[cfg(test)]
+mod tests;
