@@ -17,8 +17,7 @@ use super::machine::{Machine, Options};
 
 const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The MediaMTX release the shipped configuration is written for.
-pub const VERSION: &str = "v1.21.0";
+pub use super::mediamtx_binary::{binary, VERSION};
 /// Older releases the hooks are also tested with: the last 1.20, and the oldest the Go module
 /// proxy lets us build, which is also the first with runOnAvailable/runOnUnavailable (v1.20.0
 /// and v1.19.2 pin dependency versions the proxy refuses; see docs/mediamtx.md).
@@ -29,33 +28,6 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/mediamtx";
 const INSTALLED_CONFIG: &str = "/etc/neustream/mediamtx.yml";
 const SETTINGS_FILE: &str = "/etc/neustream/neustream.env";
 pub const UNIT: &str = "mediamtx.service";
-
-/// The MediaMTX binary of `version`, built (or found in the cache) by
-/// tests/support/build-mediamtx.sh. Fails with the script's own words if it cannot be built.
-pub fn binary(version: &str) -> PathBuf {
-    let script = Path::new(PROJECT).join("tests/support/build-mediamtx.sh");
-    let out = Command::new(&script)
-        .arg(version)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().map(str::trim).unwrap_or("");
-    assert!(
-        out.status.success() && Path::new(path).is_file(),
-        "MediaMTX {version} could not be built by {} ({}); it needs Go, npm and the Go module \
-         proxy (see .ci/run). Its output:\n{}",
-        script.display(),
-        out.status,
-        tail(&String::from_utf8_lossy(&out.stderr), 30)
-    );
-    PathBuf::from(path)
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// The project's mediamtx.yml, as shipped.
 pub fn shipped_config() -> String {

@@ -28,6 +28,12 @@ impl RtmpServer {
     /// `notify` (`<notify>/publish`, `<notify>/publish_done`): a publish is refused unless
     /// the answer is 2xx (see [`super::publish_hooks::PublishHooks`]).
     pub fn start_notifying(dir: &Path, port: u16, notify: Option<&str>) -> Self {
+        Self::start_with(dir, port, notify, 4096)
+    }
+
+    /// Like [`Self::start_notifying`], announcing `chunk_size` to clients (nginx-rtmp's
+    /// default is 4096; YouTube's ingest leaves the protocol's 128).
+    pub fn start_with(dir: &Path, port: u16, notify: Option<&str>, chunk_size: u32) -> Self {
         super::require_tool("nginx", "nginx-light libnginx-mod-rtmp");
         assert!(
             Path::new(MODULE).exists(),
@@ -49,7 +55,7 @@ impl RtmpServer {
                  daemon off;\nmaster_process on;\nworker_processes 1;\n\
                  pid {dir}/nginx.pid;\nerror_log {dir}/error.log info;\n\
                  events {{ worker_connections 1024; }}\n\
-                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size {chunk_size};\n\
                    application live {{ live on; record all; record_path {rec};\n\
                      record_unique off; record_append on; {hooks} }}\n\
                  }} }}\n",

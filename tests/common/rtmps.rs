@@ -123,7 +123,8 @@ pub fn make_certs(dir: &Path) -> Certs {
     }
 }
 
-/// MediaMTX accepting RTMPS only, with the given certificate; its log in `<dir>/mediamtx.log`.
+/// MediaMTX accepting RTMPS only, with the given certificate (or, from [`Self::plain`], plain
+/// RTMP only); its log in `<dir>/mediamtx.log`.
 pub struct RtmpsServer {
     pub port: u16,
     log: PathBuf,
@@ -132,21 +133,34 @@ pub struct RtmpsServer {
 
 impl RtmpsServer {
     pub fn start(dir: &Path, (cert, key): &(PathBuf, PathBuf)) -> Self {
+        let port = super::free_port();
+        let listeners = format!(
+            "rtmpAddress: 127.0.0.1:{plain}\nrtmpEncryption: \"strict\"\n\
+             rtmpsAddress: 127.0.0.1:{port}\nrtmpServerKey: {key}\nrtmpServerCert: {cert}\n",
+            plain = super::free_port(),
+            key = key.display(),
+            cert = cert.display(),
+        );
+        Self::spawn(dir, port, &listeners)
+    }
+
+    /// MediaMTX accepting plain RTMP only (publishers and readers), on `port`.
+    pub fn plain(dir: &Path) -> Self {
+        let port = super::free_port();
+        let listeners = format!("rtmpAddress: 127.0.0.1:{port}\nrtmpEncryption: \"no\"\n");
+        Self::spawn(dir, port, &listeners)
+    }
+
+    fn spawn(dir: &Path, port: u16, listeners: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let binary = super::mediamtx::binary(super::mediamtx::VERSION);
-        let port = super::free_port();
         let config = dir.join("mediamtx.yml");
         std::fs::write(
             &config,
             format!(
                 "logLevel: info\nlogDestinations: [stdout]\napi: no\nmetrics: no\npprof: no\n\
                  playback: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\nmoq: no\n\
-                 rtmp: yes\nrtmpAddress: 127.0.0.1:{plain}\nrtmpEncryption: \"strict\"\n\
-                 rtmpsAddress: 127.0.0.1:{port}\nrtmpServerKey: {key}\nrtmpServerCert: {cert}\n\
-                 paths:\n  all_others:\n",
-                plain = super::free_port(),
-                key = key.display(),
-                cert = cert.display(),
+                 rtmp: yes\n{listeners}paths:\n  all_others:\n"
             ),
         )
         .unwrap();
@@ -163,7 +177,7 @@ impl RtmpsServer {
         });
         assert!(
             up.is_some(),
-            "MediaMTX did not listen for RTMPS on {port}: {}",
+            "MediaMTX did not listen for RTMP(S) on {port}: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         RtmpsServer { port, log, child }
