@@ -43,13 +43,16 @@ impl std::fmt::Display for Failure {
 
 pub enum Ingest {
     Native(Box<Player>),
-    Ffmpeg {
-        child: Child,
-        stdout: ChildStdout,
-        parser: Parser,
-        buf: Vec<u8>,
-        log_task: JoinHandle<()>,
-    },
+    Ffmpeg(Box<Piped>),
+}
+
+/// The ffmpeg engine's source: ffmpeg's FLV on a pipe, and its log lines.
+pub struct Piped {
+    child: Child,
+    stdout: ChildStdout,
+    parser: Parser,
+    buf: Vec<u8>,
+    log_task: JoinHandle<()>,
 }
 
 /// The ingest URL (`rtmp://host:port/app/name`, as `ready` writes it) as an RTMP endpoint: the
@@ -132,13 +135,13 @@ impl Ingest {
                         }
                     })
                 };
-                Ok(Ingest::Ffmpeg {
+                Ok(Ingest::Ffmpeg(Box::new(Piped {
                     child,
                     stdout,
                     parser: Parser::new(),
                     buf: vec![0u8; READ_CHUNK],
                     log_task,
-                })
+                })))
             }
         }
     }
@@ -164,12 +167,13 @@ impl Ingest {
                 Ok(None) => Ok(false),
                 Err(e) => Err(Failure::Rtmp(e)),
             },
-            Ingest::Ffmpeg {
-                stdout,
-                parser,
-                buf,
-                ..
-            } => loop {
+            Ingest::Ffmpeg(piped) => loop {
+                let Piped {
+                    stdout,
+                    parser,
+                    buf,
+                    ..
+                } = &mut **piped;
                 // Tags already parsed first (none are left behind by a cancelled read).
                 match parser.next_tag() {
                     Ok(Some(tag)) => {
@@ -182,10 +186,8 @@ impl Ingest {
                     Ok(None) => {}
                     Err(e) => return Err(Failure::Garbled(e)),
                 }
-                let n = match stdout.read(buf).await {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                // A read error ends the stream too: ffmpeg's exit status then says why.
+                let n = stdout.read(buf).await.unwrap_or_default();
                 if n == 0 {
                     return Ok(false);
                 }
@@ -200,14 +202,15 @@ impl Ingest {
     pub async fn close(self, timeout: Duration, ended: bool) -> anyhow::Result<Option<Failure>> {
         match self {
             Ingest::Native(player) => {
-                drop(player);
+                player.close(timeout).await;
                 Ok(None)
             }
-            Ingest::Ffmpeg {
-                mut child,
-                log_task,
-                ..
-            } => {
+            Ingest::Ffmpeg(piped) => {
+                let Piped {
+                    mut child,
+                    log_task,
+                    ..
+                } = *piped;
                 let status = if ended {
                     process::wait_or_kill(&mut child, timeout).await?
                 } else {
