@@ -166,7 +166,6 @@ impl Hub {
     }
 
     /// Whether the current source has not reached its first picture yet.
-    #[cfg(test)]
     pub fn splicing(&self) -> bool {
         self.inner.lock().unwrap().splicing
     }

@@ -233,6 +233,9 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
     let mut publisher_id = spec.source_id.clone();
     let mut source_url = spec.source_url.clone();
     let mut source = Some(start_source(&shared, &source_url, settings.grace, false));
+    // The running source was started by a grace's retry, after the previous publisher was
+    // gone: once it reads a stream, that stream is the new publisher's.
+    let mut source_is_retry = false;
     // During a grace: when the ingest is read again.
     let mut retry: Option<tokio::time::Instant> = None;
     // The source to start when the running one has stopped (a new publisher).
@@ -254,6 +257,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                 };
                 if let Some(url) = next_source.take() {
                     source = Some(start_source(&shared, &url, settings.grace, false));
+                    source_is_retry = false;
                     continue;
                 }
                 let end = match end {
@@ -298,23 +302,40 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
             _ = tokio::time::sleep_until(retry_at), if retry.is_some() && source.is_none() => {
                 retry = None;
                 source = Some(start_source(&shared, &source_url, settings.grace, true));
+                source_is_retry = true;
             }
             Some(reload) = reloads.recv() => {
                 let result = apply(&shared, &mut supervisors, &reload.spec);
                 if result.is_ok() && reload.spec.source_id != publisher_id {
-                    info!(stream_key = %key, "{key}: new publisher {} (was {publisher_id}): switching the source, destinations stay connected",
-                          reload.spec.source_id);
+                    let previous = std::mem::take(&mut publisher_id);
                     publisher_id = reload.spec.source_id.clone();
+                    let same_url = source_url == reload.spec.source_url;
                     source_url = reload.spec.source_url.clone();
                     shared.board.publisher(&publisher_id);
+                    let reading_new = source_is_retry && grace.is_none() && !shared.hub.splicing();
                     match &source {
+                        // A grace's retry that found a publisher reads the new one already:
+                        // switching would only freeze the picture until its next keyframe.
+                        Some(_) if reading_new && same_url => {
+                            info!(stream_key = %key, "{key}: new publisher {publisher_id} (was {previous}): the source reads it already, destinations stay connected");
+                        }
                         Some((_, stop)) => {
+                            info!(stream_key = %key, "{key}: new publisher {publisher_id} (was {previous}): switching the source, destinations stay connected");
                             stop.send_replace(true);
                             next_source = Some(source_url.clone());
+                            // Until the next source's first keyframe, the last picture.
+                            if !settings.grace.is_zero() {
+                                shared.hub.new_source();
+                                if filler.as_ref().is_none_or(|f| f.is_finished()) {
+                                    filler = Some(start_filler(&shared));
+                                }
+                            }
                         }
                         None => {
+                            info!(stream_key = %key, "{key}: new publisher {publisher_id} (was {previous}): reading it, destinations stay connected");
                             retry = None;
                             source = Some(start_source(&shared, &source_url, settings.grace, false));
+                            source_is_retry = false;
                         }
                     }
                 }
