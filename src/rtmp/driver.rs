@@ -553,3 +553,6 @@ impl Player {
         self.conn.stats()
     }
 }
+
+#[cfg(test)]
+mod tests;
