@@ -416,3 +416,122 @@ async fn certificates_are_checked() {
     assert_eq!(err.class, Class::Protocol, "{err}");
     assert!(err.message.contains("handshake"), "{err}");
 }
+
+/// `ffmpeg -re` of a synthetic HEVC + AAC stream to `url` over RTSP (ffmpeg 5.1 cannot put
+/// HEVC in FLV).
+fn ffmpeg_publish_hevc(url: &str) -> Proc {
+    require_tool("ffmpeg", "ffmpeg");
+    Proc(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-x265-params", "keyint=25:min-keyint=25:log-level=error"])
+            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k"])
+            .args(["-f", "rtsp", "-rtsp_transport", "tcp", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ffmpeg"),
+    )
+}
+
+/// The relay's path with a codec ffmpeg 5.1's RTMP client cannot carry: HEVC reaches MediaMTX
+/// over RTSP, our Player gets it as Enhanced RTMP (thanks to fourCcList), our Publisher sends
+/// it to a second MediaMTX, where ffprobe reads HEVC and AAC back over RTSP.
+#[tokio::test]
+async fn hevc_passes_through_player_and_publisher() {
+    let dir = scratch("hevc");
+    let ingest = rtmps::RtmpsServer::plain_with_rtsp(&dir.join("ingest"));
+    let destination = rtmps::RtmpsServer::plain_with_rtsp(&dir.join("destination"));
+    let _source = ffmpeg_publish_hevc(&format!(
+        "rtsp://127.0.0.1:{}/live/hevc",
+        ingest.rtsp_port.unwrap()
+    ));
+    let up = wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+        ingest.log().contains("stream is available").then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "ffmpeg did not publish HEVC: {}",
+        ingest.log()
+    );
+    let opts = Options::default();
+    let mut player = Player::connect(&endpoint(ingest.port, false, "hevc"), &plain_tls(), &opts)
+        .await
+        .unwrap();
+    let mut publisher =
+        Publisher::connect(&endpoint(destination.port, false, KEY), &plain_tls(), &opts)
+            .await
+            .unwrap();
+    let out = dir.join("destination.mkv");
+    let mut reader: Option<Proc> = None;
+    let (mut hevc_frames, mut audio) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let m = tokio::time::timeout(Duration::from_secs(3), player.next())
+            .await
+            .expect("media within 3 s")
+            .unwrap()
+            .expect("not the end");
+        match m.kind {
+            // Enhanced RTMP: IsExVideoHeader, FourCC hvc1.
+            MediaKind::Video => {
+                assert_eq!(m.payload[0] & 0x80, 0x80, "{:02x?}", &m.payload[..5]);
+                assert_eq!(&m.payload[1..5], b"hvc1");
+                hevc_frames += 1;
+            }
+            MediaKind::Audio => audio += 1,
+            MediaKind::Data => {}
+        }
+        publisher.send(&[m]).await.unwrap();
+        if reader.is_none() && destination.saw_publish(&format!("live/{KEY}")) {
+            let url = format!(
+                "rtsp://127.0.0.1:{}/live/{KEY}",
+                destination.rtsp_port.unwrap()
+            );
+            reader = Some(Proc(
+                Command::new("ffmpeg")
+                    .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+                    .args([
+                        "-rtsp_transport",
+                        "tcp",
+                        "-i",
+                        &url,
+                        "-t",
+                        "2",
+                        "-c",
+                        "copy",
+                    ])
+                    .arg(&out)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start ffmpeg"),
+            ));
+        }
+    }
+    assert!(hevc_frames > 50, "{hevc_frames} HEVC frames in 6 s");
+    assert!(audio > 100, "{audio} audio frames in 6 s");
+    let mut reader = reader.expect("the destination saw the publish");
+    assert!(
+        wait_done(&mut reader, Duration::from_secs(5)),
+        "ffmpeg read nothing back: {}",
+        destination.log()
+    );
+    let got = probe::probe(&out).unwrap();
+    assert_eq!(got.video_codec, "hevc", "{got:?}");
+    assert_eq!(got.audio_codec, "aac", "{got:?}");
+    publisher.close(Duration::from_secs(2)).await;
+    player.close(Duration::from_secs(2)).await;
+}
