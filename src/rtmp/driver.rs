@@ -26,6 +26,8 @@ use super::{tls, Class, Endpoint, Error, Media, Options, Stats, TcpInfo, TlsConf
 const READ_BUF: usize = 64 * 1024;
 /// Reads per poll before yielding to other tasks.
 const READS_PER_POLL: usize = 16;
+/// An output buffer larger than this is freed once written.
+const MAX_IDLE_BUFFER: usize = 1024 * 1024;
 
 /// A TCP stream that counts the bytes written to it (TLS records included when TLS wraps it).
 struct Counted {
@@ -302,6 +304,10 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
+        if self.out.capacity() > MAX_IDLE_BUFFER {
+            // A burst (a GOP cache sent at once) need not stay allocated.
+            self.out = Vec::new();
+        }
         if self.unflushed {
             match self.io.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -553,3 +559,6 @@ impl Player {
         self.conn.stats()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,13 @@
 //!
 //! The protocol (handshake, chunk stream, AMF0, the publish and play command flows) does no
 //! I/O and is tested byte for byte; `driver.rs` owns the socket, the TLS stream and the timers
-//! and is tested against real servers (nginx-rtmp, MediaMTX) in `tests_interop.rs`.
+//! and is tested against a scripted server (`driver/tests.rs`: stalls, errors while writing,
+//! cancellation) and against real servers (`tests_interop.rs`: nginx-rtmp announcing 4096 and
+//! 128, MediaMTX over RTMP and RTMPS, HEVC through play and publish, refusals, certificates).
+//!
+//! Cancel safety: every wait of [`Publisher`] and [`Player`] keeps its state in the connection,
+//! so a future dropped in a `select!` loses nothing; a `send()` dropped half way leaves its batch
+//! queued whole, and the next call (`send`, `closed`, `close`) writes the rest.
 
 // The relay wires this module in; until then parts of its API are unused.
 #![allow(dead_code, unused_imports)]

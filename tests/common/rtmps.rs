@@ -127,6 +127,8 @@ pub fn make_certs(dir: &Path) -> Certs {
 /// RTMP only); its log in `<dir>/mediamtx.log`.
 pub struct RtmpsServer {
     pub port: u16,
+    /// RTSP over TCP, from [`Self::plain_with_rtsp`].
+    pub rtsp_port: Option<u16>,
     log: PathBuf,
     child: Child,
 }
@@ -135,7 +137,7 @@ impl RtmpsServer {
     pub fn start(dir: &Path, (cert, key): &(PathBuf, PathBuf)) -> Self {
         let port = super::free_port();
         let listeners = format!(
-            "rtmpAddress: 127.0.0.1:{plain}\nrtmpEncryption: \"strict\"\n\
+            "rtsp: no\nrtmpAddress: 127.0.0.1:{plain}\nrtmpEncryption: \"strict\"\n\
              rtmpsAddress: 127.0.0.1:{port}\nrtmpServerKey: {key}\nrtmpServerCert: {cert}\n",
             plain = super::free_port(),
             key = key.display(),
@@ -144,11 +146,25 @@ impl RtmpsServer {
         Self::spawn(dir, port, &listeners)
     }
 
-    /// MediaMTX accepting plain RTMP only (publishers and readers), on `port`.
+    /// MediaMTX accepting plain RTMP only (publishers and readers).
     pub fn plain(dir: &Path) -> Self {
         let port = super::free_port();
-        let listeners = format!("rtmpAddress: 127.0.0.1:{port}\nrtmpEncryption: \"no\"\n");
+        let listeners =
+            format!("rtsp: no\nrtmpAddress: 127.0.0.1:{port}\nrtmpEncryption: \"no\"\n");
         Self::spawn(dir, port, &listeners)
+    }
+
+    /// MediaMTX accepting plain RTMP and RTSP over TCP (for codecs ffmpeg 5.1 cannot put in
+    /// FLV, such as HEVC).
+    pub fn plain_with_rtsp(dir: &Path) -> Self {
+        let (port, rtsp) = (super::free_port(), super::free_port());
+        let listeners = format!(
+            "rtmpAddress: 127.0.0.1:{port}\nrtmpEncryption: \"no\"\n\
+             rtsp: yes\nrtspTransports: [tcp]\nrtspAddress: 127.0.0.1:{rtsp}\n"
+        );
+        let mut server = Self::spawn(dir, port, &listeners);
+        server.rtsp_port = Some(rtsp);
+        server
     }
 
     fn spawn(dir: &Path, port: u16, listeners: &str) -> Self {
@@ -159,7 +175,7 @@ impl RtmpsServer {
             &config,
             format!(
                 "logLevel: info\nlogDestinations: [stdout]\napi: no\nmetrics: no\npprof: no\n\
-                 playback: no\nrtsp: no\nhls: no\nwebrtc: no\nsrt: no\nmoq: no\n\
+                 playback: no\nhls: no\nwebrtc: no\nsrt: no\nmoq: no\n\
                  rtmp: yes\n{listeners}paths:\n  all_others:\n"
             ),
         )
@@ -180,7 +196,12 @@ impl RtmpsServer {
             "MediaMTX did not listen for RTMP(S) on {port}: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        RtmpsServer { port, log, child }
+        RtmpsServer {
+            port,
+            rtsp_port: None,
+            log,
+            child,
+        }
     }
 
     pub fn log(&self) -> String {
