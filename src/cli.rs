@@ -333,6 +333,14 @@ pub struct RelayArgs {
     )]
     pub rtmp_engine: RtmpEngine,
 
+    /// What platforms take where the built-in table is not right for you, e.g.
+    /// `twitch=h264,hevc,aac;kick=any` (codecs: h264 hevc av1 vp9 aac mp3 opus ac3 eac3 flac, or
+    /// `any`). Built in: youtube h264,hevc,av1 with aac,mp3; twitch, facebook, kick h264 with
+    /// aac; anything else takes anything. A destination that cannot take the stream's codecs is
+    /// not pushed (state `incompatible`).
+    #[arg(long, env = "NEUSTREAM_PLATFORM_CODECS", value_name = "LIST")]
+    pub platform_codecs: Option<String>,
+
     /// Time a destination gets to close its publish cleanly (FCUnpublish, deleteStream), and
     /// ffmpeg to stop, before it is cut off.
     #[arg(long, env = "NEUSTREAM_STOP_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -71,6 +71,10 @@ pub struct RawDestination {
     pub rtmp_url: Option<String>,
     #[serde(default)]
     pub stream_key: Option<String>,
+    /// Not in the Control Plane's answer: the streams file's `codecs` of a destination, which
+    /// takes the same path (standalone mode).
+    #[serde(default)]
+    pub codecs: Option<String>,
 }
 
 pub struct ControlPlane {

@@ -76,6 +76,9 @@ pub struct Destination {
     /// Byte offset in `server` where the application path starts (after `scheme://authority/`).
     app_start: usize,
     key: String,
+    /// What it takes, when its own configuration says (the streams file's `codecs`); else its
+    /// platform's.
+    codecs: Option<crate::platforms::Accepts>,
 }
 
 impl Destination {
@@ -132,11 +135,23 @@ impl Destination {
             server: format!("{}{}", server[..scheme_len].to_ascii_lowercase(), rest),
             app_start: scheme_len + authority_len + 1,
             key: key.to_owned(),
+            codecs: None,
         })
     }
 
     pub fn platform(&self) -> &str {
         &self.platform
+    }
+
+    /// The same destination, taking `codecs` whatever its platform.
+    pub fn with_codecs(mut self, codecs: crate::platforms::Accepts) -> Self {
+        self.codecs = Some(codecs);
+        self
+    }
+
+    /// Its own codec list, if it has one.
+    pub fn codecs(&self) -> Option<&crate::platforms::Accepts> {
+        self.codecs.as_ref()
     }
 
     /// The server URL (`rtmp_url`), without the key: as stored in the stream's env file.

@@ -49,6 +49,8 @@ pub enum EnvFileError {
     },
     #[error("{name} holds a control character")]
     ControlChar { name: String },
+    #[error("{name}: {reason}")]
+    BadCodecs { name: String, reason: String },
     #[error("line {line}: expected NAME=\"value\"")]
     Syntax { line: usize },
 }
@@ -63,6 +65,10 @@ fn dest_server(i: usize) -> String {
 
 fn dest_key(i: usize) -> String {
     format!("NEUSTREAM_DEST_{i}_STREAM_KEY")
+}
+
+fn dest_codecs(i: usize) -> String {
+    format!("NEUSTREAM_DEST_{i}_CODECS")
 }
 
 impl StreamSpec {
@@ -98,6 +104,9 @@ impl StreamSpec {
             put(&dest_platform(i), d.platform())?;
             put(&dest_server(i), d.server())?;
             put(&dest_key(i), d.key())?;
+            if let Some(codecs) = d.codecs() {
+                put(&dest_codecs(i), &codecs.to_string())?;
+            }
         }
         Ok(out)
     }
@@ -134,6 +143,16 @@ impl StreamSpec {
                 platform: platform.into(),
                 source,
             })?;
+            let dest =
+                match get(&dest_codecs(index)) {
+                    Ok(text) => dest.with_codecs(crate::platforms::Accepts::parse(text).map_err(
+                        |reason| EnvFileError::BadCodecs {
+                            name: dest_codecs(index),
+                            reason,
+                        },
+                    )?),
+                    Err(_) => dest,
+                };
             destinations.push(dest);
         }
         Ok(StreamSpec {

@@ -11,6 +11,7 @@ mod hook_report;
 mod logging;
 mod mediamtx;
 mod operator;
+mod platforms;
 mod private_file;
 mod relay;
 mod rtmp;

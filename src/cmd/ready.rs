@@ -210,9 +210,15 @@ pub(super) fn select_destinations(
         let entry: RawDestination = serde_json::from_value(value).unwrap_or_default();
         let platform = crate::destination::platform_name(entry.platform.as_deref().unwrap_or(""));
         let result = match (&entry.rtmp_url, &entry.stream_key) {
-            (Some(url), Some(stream_key)) => {
-                Destination::from_parts(&platform, url, stream_key).map_err(|e| e.to_string())
-            }
+            (Some(url), Some(stream_key)) => Destination::from_parts(&platform, url, stream_key)
+                .map_err(|e| e.to_string())
+                .and_then(|d| match &entry.codecs {
+                    // The streams file's own list for this destination.
+                    Some(text) => crate::platforms::Accepts::parse(text)
+                        .map(|c| d.with_codecs(c))
+                        .map_err(|e| format!("codecs: {e}")),
+                    None => Ok(d),
+                }),
             _ => Err("rtmp_url or stream_key missing".into()),
         };
         match result {

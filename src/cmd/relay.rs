@@ -8,6 +8,7 @@ use super::ConfigError;
 use crate::cli::{RelayArgs, RtmpEngine};
 use crate::config;
 use crate::envfile::StreamSpec;
+use crate::platforms;
 use crate::relay::{self, ffmpeg::Tls, Outcome};
 
 pub fn run(args: RelayArgs) -> anyhow::Result<()> {
@@ -52,8 +53,14 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             spec.key
         );
     }
+    let platform_codecs = match &args.platform_codecs {
+        Some(text) => platforms::parse_overrides(text)
+            .map_err(|e| ConfigError(format!("NEUSTREAM_PLATFORM_CODECS: {e}")))?,
+        None => Vec::new(),
+    };
     let settings = relay::Settings {
         engine,
+        platform_codecs,
         ffmpeg: args.ffmpeg.clone(),
         stop_timeout: args.stop_timeout,
         tls,

@@ -143,6 +143,11 @@ fn destinations(out: &mut String, s: &RelayState, now: u64) {
             ("retrying", Some(at)) => format!("retrying in {} s", at.saturating_sub(now)),
             (other, _) => other.to_string(),
         };
+        let last = match (&d.reason, &d.last_error) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "-".into(),
+        };
         rows.push(vec![
             d.index.to_string(),
             d.platform.clone(),
@@ -155,7 +160,7 @@ fn destinations(out: &mut String, s: &RelayState, now: u64) {
                 .and_then(|t| t.rtt_ms)
                 .map_or("-".into(), |ms| format!("{ms:.1} ms")),
             d.attempts.to_string(),
-            d.last_error.clone().unwrap_or_else(|| "-".into()),
+            last,
         ]);
     }
     let widths: Vec<usize> = (0..header.len())

@@ -14,7 +14,14 @@ pub const STALE_AFTER: u64 = 10;
 const MAX_FILE: u64 = 1 << 20;
 
 /// Destination states, in the order metrics list them.
-pub const STATES: [&str; 5] = ["waiting", "connecting", "live", "retrying", "stopped"];
+pub const STATES: [&str; 6] = [
+    "waiting",
+    "connecting",
+    "live",
+    "retrying",
+    "incompatible",
+    "stopped",
+];
 /// Error classes (`crate::relay::state::ErrorClass`).
 pub const ERRORS: [&str; 7] = [
     "refused",
@@ -77,6 +84,9 @@ pub struct Destination {
     pub last_error: Option<String>,
     pub retry_at: Option<u64>,
     pub queue_overflows: u64,
+    /// Why it is `incompatible` (the stream's codecs and what its platform takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The socket's own counters (`tcp_info`), when the relay could read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<Tcp>,

@@ -248,6 +248,21 @@ fn judge(
             )),
         );
     }
+    if let Some(d) = state
+        .destinations
+        .iter()
+        .find(|d| d.state == "incompatible")
+    {
+        return (
+            Health::Degraded,
+            Some(format!(
+                "destination {} ({}) is not sent the stream: {}",
+                d.index,
+                d.platform,
+                d.reason.as_deref().unwrap_or("its codecs do not fit")
+            )),
+        );
+    }
     if !state.destinations.is_empty() && state.destinations.iter().all(|d| d.state == "live") {
         (Health::Live, None)
     } else {

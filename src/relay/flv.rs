@@ -81,6 +81,53 @@ pub enum Codec {
     FourCc([u8; 4]),
 }
 
+impl Codec {
+    /// The codec's name as [`crate::platforms`] writes it (`h264`, `aac`, ...), or a
+    /// description of one it does not know (`FLV video codec 4`, `FourCC 'xyz1'`).
+    pub fn name(self, kind: Kind) -> String {
+        let known = match (kind, self) {
+            (Kind::Video, Codec::Legacy(7)) => "h264",
+            (Kind::Video, Codec::Legacy(12)) => "hevc",
+            (Kind::Video, Codec::Legacy(13)) => "av1",
+            (Kind::Audio, Codec::Legacy(10)) => "aac",
+            (Kind::Audio, Codec::Legacy(2 | 14)) => "mp3",
+            (_, Codec::Legacy(id)) => {
+                return match (kind, id) {
+                    (Kind::Audio, 0 | 3) => "LPCM".to_owned(),
+                    (Kind::Audio, 7) => "G.711 A-law".to_owned(),
+                    (Kind::Audio, 8) => "G.711 mu-law".to_owned(),
+                    (Kind::Audio, 11) => "Speex".to_owned(),
+                    (Kind::Audio, 4..=6) => "Nellymoser".to_owned(),
+                    (Kind::Video, 4 | 5) => "VP6".to_owned(),
+                    (Kind::Video, 2) => "Sorenson H.263".to_owned(),
+                    (Kind::Audio, id) => format!("FLV audio format {id}"),
+                    (_, id) => format!("FLV video codec {id}"),
+                };
+            }
+            (_, Codec::FourCc(cc)) => match (kind, &cc) {
+                (Kind::Video, b"avc1") => "h264",
+                (Kind::Video, b"hvc1") => "hevc",
+                (Kind::Video, b"av01") => "av1",
+                (Kind::Video, b"vp09") => "vp9",
+                (Kind::Audio, b"mp4a") => "aac",
+                (Kind::Audio, b".mp3") => "mp3",
+                (Kind::Audio, b"Opus") => "opus",
+                (Kind::Audio, b"ac-3") => "ac3",
+                (Kind::Audio, b"ec-3") => "eac3",
+                (Kind::Audio, b"fLaC") => "flac",
+                _ => {
+                    let printable: String = cc
+                        .iter()
+                        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                        .collect();
+                    return format!("FourCC '{printable}'");
+                }
+            },
+        };
+        known.to_owned()
+    }
+}
+
 /// What an audio or video tag carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -552,6 +599,13 @@ mod tests {
         assert_eq!(
             video(0, true, false).with_frame_type(),
             video(0, true, false)
+        );
+        assert_eq!(Codec::FourCc(*b"hvc1").name(Kind::Video), "hevc");
+        assert_eq!(Codec::Legacy(10).name(Kind::Audio), "aac");
+        assert_eq!(Codec::Legacy(4).name(Kind::Video), "VP6");
+        assert_eq!(
+            Codec::FourCc(*b"ab\x01c").name(Kind::Audio),
+            "FourCC 'ab?c'"
         );
         // Too short for a FourCC: nothing.
         assert_eq!(tag(Kind::Video, b"\x91hv").packet(), None);

@@ -4,12 +4,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::cache::GopCache;
-use super::flv::{Kind, Tag};
+use super::flv::{Codec, Kind, Role, Tag};
 use super::output::Output;
 use super::queue::Pushed;
+use crate::platforms::StreamCodecs;
 
 /// One timeline for the whole relay: the timestamps every destination reads never go
 /// backwards, whatever the source does (a restarted or new source starts again near 0).
@@ -79,12 +81,17 @@ struct Inner {
     splicing: bool,
     /// Whether this source has sent a video configuration.
     source_has_video: bool,
+    /// The codecs last seen, per kind.
+    video_codec: Option<Codec>,
+    audio_codec: Option<Codec>,
     outputs: Vec<Arc<Output>>,
 }
 
 pub struct Hub {
     key: String,
     inner: Mutex<Inner>,
+    /// The stream's codecs, for the destinations to check what they can take.
+    codecs: watch::Sender<StreamCodecs>,
 }
 
 impl Hub {
@@ -97,9 +104,39 @@ impl Hub {
                 has_video: false,
                 splicing: true,
                 source_has_video: false,
+                video_codec: None,
+                audio_codec: None,
                 outputs: Vec::new(),
             }),
+            codecs: watch::channel(StreamCodecs::default()).0,
         }
+    }
+
+    /// The stream's codecs as they change.
+    pub fn codecs(&self) -> watch::Receiver<StreamCodecs> {
+        self.codecs.subscribe()
+    }
+
+    /// Notes the codec of a media tag; a change is told to the destinations.
+    fn note_codec(&self, hub: &mut Inner, tag: &Tag) {
+        let Some(packet) = tag.packet() else { return };
+        if !matches!(packet.role, Role::Config | Role::Frame) {
+            return;
+        }
+        let slot = match tag.kind {
+            Kind::Video => &mut hub.video_codec,
+            Kind::Audio => &mut hub.audio_codec,
+            Kind::Script => return,
+        };
+        if *slot == Some(packet.codec) {
+            return;
+        }
+        *slot = Some(packet.codec);
+        let codecs = StreamCodecs {
+            video: hub.video_codec.map(|c| c.name(Kind::Video)),
+            audio: hub.audio_codec.map(|c| c.name(Kind::Audio)),
+        };
+        self.codecs.send_replace(codecs);
     }
 
     /// Takes one tag from the source. Returns true when this tag makes the source's first
@@ -125,6 +162,7 @@ impl Hub {
         }
         tag.timestamp = hub.timeline.map(&tag);
         hub.has_video |= tag.kind == Kind::Video;
+        self.note_codec(&mut hub, &tag);
         hub.cache.push(&tag);
         self.fan_out(&hub, &tag);
         spliced
@@ -150,6 +188,7 @@ impl Hub {
                 warn!(
                     stream_key = %self.key,
                     destination_index = index,
+                    destination_platform = output.dest.platform(),
                     "{}: destination {index} is not keeping up: dropped {dropped} queued \
                      tag(s), resuming at the next keyframe",
                     self.key

@@ -42,6 +42,7 @@ use tracing::{info, warn};
 
 use crate::destination::{Destination, Redactor};
 use crate::envfile::StreamSpec;
+use crate::platforms;
 use crate::rtmp;
 use ffmpeg::Tls;
 use hub::Hub;
@@ -63,6 +64,8 @@ pub enum Engine {
 
 pub struct Settings {
     pub engine: Engine,
+    /// What platforms take, where the operator says otherwise than the built-in table.
+    pub platform_codecs: Vec<(String, platforms::Accepts)>,
     pub ffmpeg: PathBuf,
     pub stop_timeout: Duration,
     pub tls: Tls,
@@ -86,6 +89,8 @@ pub struct Shared {
     /// so no rtmps:// destination can be verified), and one for plain connections.
     native_tls: Result<rtmp::TlsConfig, String>,
     plain_tls: rtmp::TlsConfig,
+    /// `NEUSTREAM_PLATFORM_CODECS`: the operator's word on what a platform takes.
+    platform_codecs: Vec<(String, platforms::Accepts)>,
     stop_timeout: Duration,
     /// Turns true once the first source has a picture to show (a video keyframe, or audio for
     /// a stream without video): destinations start then, not before.
@@ -104,6 +109,21 @@ impl Shared {
             (Err(e), true) => Err(e.clone()),
             (Err(_), false) => Ok(self.plain_tls.clone()),
         }
+    }
+
+    /// What `dest` takes: its own list (streams file), else the operator's for its platform
+    /// (`NEUSTREAM_PLATFORM_CODECS`), else the built-in table.
+    fn accepts(&self, dest: &Destination) -> platforms::Accepts {
+        if let Some(own) = dest.codecs() {
+            return own.clone();
+        }
+        self.platform_codecs
+            .iter()
+            .find(|(p, _)| p == dest.platform())
+            .map_or_else(
+                || platforms::Accepts::of_platform(dest.platform()),
+                |(_, a)| a.clone(),
+            )
     }
 
     fn rtmp_options(&self) -> rtmp::Options {
@@ -203,6 +223,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
         tls: settings.tls.clone(),
         native_tls: verified_tls,
         plain_tls,
+        platform_codecs: settings.platform_codecs.clone(),
         stop_timeout: settings.stop_timeout,
         picture: watch::channel(false).0,
         events: events_tx,
@@ -426,7 +447,7 @@ fn apply(
         next,
     } = diff(&shared.hub.outputs(), &spec.destinations);
     for o in &removed {
-        info!(stream_key = %shared.key, destination_index = o.index(),
+        info!(stream_key = %shared.key, destination_index = o.index(), destination_platform = o.dest.platform(),
               "{}: destination {} ({}) removed", shared.key, o.index(), o.dest.platform());
         o.stop();
     }

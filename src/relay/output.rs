@@ -16,6 +16,7 @@ use super::state::{Board, DestinationState, ErrorClass};
 use super::tcpinfo::Counter;
 use super::{push_ffmpeg, push_native, Engine, Shared};
 use crate::destination::{Destination, Redactor};
+use crate::platforms;
 
 /// A session that ends this soon after the server accepted the publish was refused (servers
 /// that check a key after `publish` close the connection at once).
@@ -129,17 +130,45 @@ pub async fn supervise(shared: Arc<Shared>, output: Arc<Output>) {
         Some((output.index(), platform)),
         output.redactor.clone(),
     );
+    let accepts = shared.accepts(dest);
+    let mut codecs = shared.hub.codecs();
+    let mut told: Option<String> = None;
     loop {
         if *stop.borrow() {
             break;
         }
+        // Never a broadcast with a track missing: a destination that cannot take the
+        // stream's codecs gets nothing until they change (a new publisher).
+        let stream = codecs.borrow_and_update().clone();
+        if let Err(mismatch) = platforms::check(platform, &accepts, &stream) {
+            if told.as_deref() != Some(mismatch.0.as_str()) {
+                let index = output.index();
+                warn!(
+                    stream_key = key,
+                    destination_index = index,
+                    destination_platform = platform,
+                    "{key}: destination {index} ({platform}) is not sent the stream: {mismatch} \
+                     (no transcoding)"
+                );
+                told = Some(mismatch.0.clone());
+            }
+            output.update(board, |s| s.incompatible(mismatch.0));
+            tokio::select! {
+                _ = codecs.changed() => continue,
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        told = None;
         output.update(board, DestinationState::connecting);
         log.set_quiet(backoff.failures() >= LOUD_FAILURES);
         let ended = match shared.engine {
-            Engine::Native => push_native::session(&shared, &output, &log, stop.clone()).await,
+            Engine::Native => {
+                push_native::session(&shared, &output, &log, stop.clone(), &accepts).await
+            }
             Engine::Ffmpeg => push_ffmpeg::session(&shared, &output, &log, stop.clone()).await,
         };
-        let Some(class) = ended.class else { break };
+        // Ended on purpose: a stop, or codecs the destination cannot take (checked above).
+        let Some(class) = ended.class else { continue };
         if ended.live_for >= backoff::RESET_AFTER {
             output.update(board, DestinationState::healthy);
         }

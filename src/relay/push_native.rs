@@ -15,6 +15,7 @@ use super::state::{DestinationState, ErrorClass};
 use super::tcpinfo::Sample;
 use super::Shared;
 use crate::destination::Destination;
+use crate::platforms::{self, Accepts};
 use crate::rtmp::{self, Class, Endpoint, Media, MediaKind, Publisher};
 
 /// How often the connection's TCP counters are read while publishing.
@@ -69,6 +70,7 @@ pub async fn session(
     output: &Output,
     log: &LineLog,
     mut stop: watch::Receiver<bool>,
+    accepts: &Accepts,
 ) -> Ended {
     let dest = &output.dest;
     let index = output.index();
@@ -100,10 +102,21 @@ pub async fn session(
         dest.platform(),
         dest.redacted()
     );
+    let platform = dest.platform();
     if log.is_quiet() {
-        debug!(stream_key = key, destination_index = index, "{message}");
+        debug!(
+            stream_key = key,
+            destination_index = index,
+            destination_platform = platform,
+            "{message}"
+        );
     } else {
-        info!(stream_key = key, destination_index = index, "{message}");
+        info!(
+            stream_key = key,
+            destination_index = index,
+            destination_platform = platform,
+            "{message}"
+        );
     }
     output.update(&shared.board, DestinationState::live);
     shared.hub.attach(output);
@@ -112,6 +125,9 @@ pub async fn session(
     let mut tags: Vec<Tag> = Vec::new();
     let mut batch: Vec<Media> = Vec::new();
     let mut sampled = Instant::now();
+    // A new publisher whose codecs this destination cannot take ends the session cleanly.
+    let mut codecs = shared.hub.codecs();
+    codecs.mark_unchanged();
     // Watched while a batch is written (the loop's own `stop` is borrowed by its select).
     let mut stopping = stop.clone();
     let error = loop {
@@ -143,6 +159,12 @@ pub async fn session(
             }
             e = publisher.closed() => break Some(e),
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break None,
+            Ok(()) = codecs.changed() => {
+                let stream = codecs.borrow_and_update().clone();
+                if platforms::check(dest.platform(), accepts, &stream).is_err() {
+                    break None;
+                }
+            }
         }
     };
     queue.close();

@@ -27,6 +27,8 @@ pub enum Phase {
     Live,
     /// Failed; the next attempt is scheduled.
     Retrying,
+    /// Cannot take the stream's codecs (`reason` says why): not pushed until they change.
+    Incompatible,
     Stopped,
 }
 
@@ -85,6 +87,9 @@ pub struct DestinationState {
     pub retry_at: Option<u64>,
     /// Times its queue overflowed (it did not keep up and skipped to a keyframe).
     pub queue_overflows: u64,
+    /// Why the destination is `incompatible`: `twitch takes H.264 only; the stream is HEVC`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The socket's own counters (`tcp_info`), all sessions; absent when not readable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<super::tcpinfo::Totals>,
@@ -144,6 +149,7 @@ impl DestinationState {
             last_error: None,
             retry_at: None,
             queue_overflows: 0,
+            reason: None,
             tcp: None,
             rate_mark: None,
         }
@@ -162,6 +168,7 @@ impl DestinationState {
     }
 
     pub fn connecting(&mut self) {
+        self.reason = None;
         self.phase(Phase::Connecting);
         self.attempts += 1;
         self.retry_at = None;
@@ -182,6 +189,14 @@ impl DestinationState {
         self.last_error = Some(class);
         self.bitrate = 0;
         self.retry_at = Some(unix_now() + retry_in.as_secs_f64().ceil() as u64);
+    }
+
+    /// Not pushed: the stream's codecs do not fit the destination.
+    pub fn incompatible(&mut self, reason: String) {
+        self.phase(Phase::Incompatible);
+        self.reason = Some(reason);
+        self.bitrate = 0;
+        self.retry_at = None;
     }
 
     pub fn stopped(&mut self) {
@@ -305,6 +320,9 @@ pub fn status_line(dests: &[DestinationState], now: u64) -> String {
                     d.last_error.map_or("failed", ErrorClass::as_str)
                 ),
                 Phase::Waiting => "waiting for the source".into(),
+                Phase::Incompatible => {
+                    format!("incompatible ({})", d.reason.as_deref().unwrap_or("codecs"))
+                }
                 Phase::Connecting => format!("connecting (attempt {})", d.attempts),
                 Phase::Stopped => "stopped".into(),
             };
