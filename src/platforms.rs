@@ -162,12 +162,16 @@ impl fmt::Display for Mismatch {
     }
 }
 
-fn takes(platform: &str, list: &[String]) -> String {
+/// `twitch takes H.264 only`, `youtube takes AAC or MP3 audio`; `kind` is "" or " audio".
+fn takes(platform: &str, list: &[String], kind: &str) -> String {
     let names: Vec<&str> = list.iter().map(|c| display(c)).collect();
     match names.as_slice() {
-        [] => format!("{platform} takes no video"),
-        [one] => format!("{platform} takes {one} only"),
-        [init @ .., last] => format!("{platform} takes {} or {last}", init.join(", ")),
+        [] => format!(
+            "{platform} takes no{}",
+            if kind.is_empty() { " video" } else { kind }
+        ),
+        [one] => format!("{platform} takes {one}{kind} only"),
+        [init @ .., last] => format!("{platform} takes {} or {last}{kind}", init.join(", ")),
     }
 }
 
@@ -182,7 +186,7 @@ pub fn check(platform: &str, accepts: &Accepts, stream: &StreamCodecs) -> Result
         (Some(v), Some(list)) if !list.contains(v) => {
             return Err(Mismatch(format!(
                 "{}; the stream is {}",
-                takes(platform, list),
+                takes(platform, list, ""),
                 display(v)
             )))
         }
@@ -197,8 +201,8 @@ pub fn check(platform: &str, accepts: &Accepts, stream: &StreamCodecs) -> Result
             display(a)
         ))),
         (Some(a), Some(list)) if !list.contains(a) => Err(Mismatch(format!(
-            "{} audio; the stream's audio is {}",
-            takes(platform, list),
+            "{}; the stream's audio is {}",
+            takes(platform, list, " audio"),
             display(a)
         ))),
         _ => Ok(()),

@@ -671,15 +671,88 @@ fn missing_stream_description_is_a_configuration_error() {
     );
 }
 
-/// HEVC + AAC published to MediaMTX over RTSP (as IRL encoders and OBS do): the native engine
-/// asks MediaMTX for every codec (Enhanced RTMP), so a MediaMTX destination receives HEVC with
-/// its audio, byte for byte, and the state counts it.
+/// What a test stream is, and what each destination should make of it.
+struct CodecCase {
+    label: &'static str,
+    encoder: &'static [&'static str],
+    /// As ffprobe names them at the `custom` destination.
+    expect: (&'static str, &'static str),
+    /// The state file's reason for the `twitch` destination.
+    twitch_reason: &'static str,
+}
+
+/// A stream in codecs other than H.264/AAC, published to MediaMTX over RTSP (as IRL encoders
+/// and OBS's other outputs do): the native engine asks MediaMTX for every codec (Enhanced RTMP),
+/// so a `custom` destination (a MediaMTX) receives the same codecs with audio, byte for byte;
+/// a `twitch` destination (nginx-rtmp, H.264/AAC only) is `incompatible`, with the reason, and
+/// never sees a publish.
+fn codecs_reach_custom_and_twitch_is_told(case: CodecCase) {
+    let dir = common::scratch(&format!("relay-{}", case.label));
+    let server = MediaServer::start(&dir.join("mediamtx"));
+    let hooks = PublishHooks::start();
+    let twitch =
+        RtmpServer::start_notifying(&dir.join("twitch"), common::free_port(), Some(&hooks.url));
+    let _publisher = common::media::encode(case.encoder, "rtsp", &server.rtsp_url("live/src"));
+    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
+        server.codecs("live/src")
+    });
+    let expect = (case.expect.0.to_owned(), case.expect.1.to_owned());
+    assert_eq!(
+        published.as_ref(),
+        Some(&expect),
+        "the publisher; MediaMTX log:\n{}",
+        server.log()
+    );
+    let dests: Vec<Dest> = vec![
+        ("custom", server.rtmp_url("live/"), dest_key(0)),
+        ("twitch", twitch.url("live/"), dest_key(1)),
+    ];
+    let relay = Relay::start(&server.rtmp_url("live/src"), &dests, &dir);
+    let got = common::wait_for(Duration::from_secs(20), Duration::from_millis(500), || {
+        server
+            .codecs(&format!("live/{}", dest_key(0)))
+            .filter(|(v, a)| !v.is_empty() && !a.is_empty())
+    });
+    assert_eq!(
+        got,
+        Some(expect),
+        "the custom destination's stream; relay log:\n{}\nMediaMTX log:\n{}",
+        relay.log(),
+        server.log()
+    );
+    assert!(
+        !server.log().contains("skipping track"),
+        "MediaMTX skipped a track for the relay:\n{}",
+        server.log()
+    );
+    let state = relay.state();
+    assert_eq!(state["destinations"][0]["state"], "live", "{state}");
+    let twitch_state = &state["destinations"][1];
+    assert_eq!(twitch_state["state"], "incompatible", "{state}");
+    assert_eq!(twitch_state["reason"], case.twitch_reason, "{state}");
+    assert_eq!(twitch_state["attempts"], 0, "{state}");
+    // One journal line says it, and the twitch server never saw a publish.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = relay.log();
+    assert_eq!(
+        log.matches("destination 1 (twitch) is not sent the stream")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains(case.twitch_reason), "{log}");
+    assert!(
+        hooks.calls("publish", &dest_key(1)).is_empty(),
+        "twitch saw a publish"
+    );
+    assert_no_keys(&log, &[dest_key(0), dest_key(1)], "the relay log");
+}
+
 #[test]
 fn an_hevc_stream_reaches_a_destination_as_hevc_with_audio() {
-    let dir = common::scratch("relay-hevc");
-    let server = MediaServer::start(&dir.join("mediamtx"));
-    let _publisher = common::media::encode(
-        &[
+    codecs_reach_custom_and_twitch_is_told(CodecCase {
+        label: "hevc",
+        encoder: &[
             "-c:v",
             "libx265",
             "-preset",
@@ -691,38 +764,28 @@ fn an_hevc_stream_reaches_a_destination_as_hevc_with_audio() {
             "-c:a",
             "aac",
         ],
-        "rtsp",
-        &server.rtsp_url("live/src"),
-    );
-    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
-        server.codecs("live/src")
+        expect: ("hevc", "aac"),
+        twitch_reason: "twitch takes H.264 only; the stream is HEVC",
     });
-    assert_eq!(
-        published,
-        Some(("hevc".to_owned(), "aac".to_owned())),
-        "the HEVC publisher; MediaMTX log:\n{}",
-        server.log()
-    );
-    let dests: Vec<Dest> = vec![("custom", server.rtmp_url("live/"), dest_key(0))];
-    let relay = Relay::start(&server.rtmp_url("live/src"), &dests, &dir);
-    let got = common::wait_for(Duration::from_secs(20), Duration::from_millis(500), || {
-        server
-            .codecs(&format!("live/{}", dest_key(0)))
-            .filter(|(v, a)| !v.is_empty() && !a.is_empty())
+}
+
+#[test]
+fn an_opus_stream_reaches_a_custom_destination_and_not_twitch() {
+    codecs_reach_custom_and_twitch_is_told(CodecCase {
+        label: "opus",
+        encoder: &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+            "-c:a",
+            "libopus",
+        ],
+        expect: ("h264", "opus"),
+        twitch_reason: "twitch takes AAC audio only; the stream's audio is Opus",
     });
-    assert_eq!(
-        got,
-        Some(("hevc".to_owned(), "aac".to_owned())),
-        "the destination's stream; relay log:\n{}\nMediaMTX log:\n{}",
-        relay.log(),
-        server.log()
-    );
-    assert!(
-        !server.log().contains("skipping track"),
-        "MediaMTX skipped a track for the relay:\n{}",
-        server.log()
-    );
-    let state = relay.state();
-    assert_eq!(state["destinations"][0]["state"], "live", "{state}");
-    assert_no_keys(&relay.log(), &[dest_key(0)], "the relay log");
 }
