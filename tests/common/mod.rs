@@ -14,6 +14,8 @@ pub mod rtmps;
 pub mod scene;
 pub mod slow_link;
 pub mod stack;
+pub mod tls_front;
+pub mod wire;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
