@@ -1,12 +1,14 @@
 //! Figure 3, relay cost in steady state, per stream (3 destinations each): CPU in % of one
 //! core, from /proc/<pid>/stat utime + stime of every relay process (for neustream: every
-//! process of the relay units' cgroups, `neustream relay`, its source ffmpeg and its
-//! destination ffmpegs; for v1, the restreamer layout and the seed: their ffmpegs),
+//! process of the relay units' cgroups, `neustream relay` and, with the ffmpeg engine (v2), its
+//! source ffmpeg and its destination ffmpegs; for v1, the restreamer layout and the seed:
+//! their ffmpegs),
 //! plus the extra CPU the ingest spends serving the relays (ingest CPU with the relays minus
 //! ingest CPU with the same publishers and no relay: this kernel charges loopback receive work
 //! to the sender, so the ingest's share matters). Memory: RSS and PSS (smaps_rollup) of the
 //! relay processes, plus the ingest's extra PSS. The window is cut in 3 parts: the table shows
-//! the median part and the spread (min–max) over the parts.
+//! the median part and the spread (min–max) over the parts. Over the same window, the bytes on
+//! each destination's connections over the media bytes (figure 3b, bench/wire.rs).
 
 use std::time::Duration;
 
@@ -470,8 +472,8 @@ fn report(rows: &[Row]) -> String {
         "## 3. Relay cost per stream (3 destinations)\n\n\
          CPU in % of one core per stream: relay processes + the ingest's extra CPU (median of \
          {PARTS} parts of the window, spread min–max). Relay processes: for neustream every \
-         process of the relay units' cgroups (the relay, its source ffmpeg, one ffmpeg per \
-         destination); for v1, the restreamer layout and the seed their ffmpegs. Memory per \
+         process of the relay units' cgroups (the relay; with the ffmpeg engine also its source \
+         ffmpeg and one ffmpeg per destination); for v1, the restreamer layout and the seed their ffmpegs. Memory per \
          stream: PSS and RSS of the relay processes, and the ingest's extra PSS (ingest PSS \
          with the relays minus without: the whole memory of MediaMTX forward and nginx push, \
          and for the others the RTMP readers they add to MediaMTX; Go's heap makes it noisy). \
