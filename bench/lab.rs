@@ -3,22 +3,59 @@
 //! MediaMTX 1.21 as the ingest under user `mediamtx` exactly like production, the Control
 //! Plane double, three destination servers (nginx-rtmp; one per destination index, so that one
 //! can drop alone), and an nginx-rtmp ingest with `push` for that baseline.
+//!
+//! The destination servers behave like the platforms (see [`Destinations`]): they announce a
+//! 128-byte chunk size, as YouTube's ingest leaves ffmpeg at 128, and some take RTMPS only,
+//! through a TLS terminator on 127.0.0.1 in front of nginx-rtmp, with a certificate from the
+//! lab's own CA, which the relays trust (`NEUSTREAM_CA_FILE`), MediaMTX forward by its
+//! fingerprint, and the ffmpeg baselines without verifying (ffmpeg's default).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::common::arrivals::Watcher;
 use crate::common::control_plane_double::ControlPlaneDouble;
 use crate::common::machine::{Machine, Options};
 use crate::common::publish_hooks::PublishHooks;
+use crate::common::rtmps::{make_certs, Certs};
+use crate::common::tls_front;
 use crate::common::{free_port, wait_for};
 use crate::layouts::Layout;
-use crate::rtmp::{destination_apps_notifying, http_get, push_apps, Nginx, Publisher};
+use crate::rtmp::{destination_apps_notifying, http_get, push_apps, Nginx, Publisher, Serve};
 
 pub const PROJECT: &str = env!("CARGO_MANIFEST_DIR");
 /// Destinations per stream.
 pub const DESTS: usize = 3;
+
+/// How the destination servers behave, the same for every layout and figure of a run
+/// (`--dest-chunk-size`, `--rtmps-dests`; set once by main.rs).
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    /// The chunk size every destination server announces.
+    pub chunk_size: u32,
+    /// Destination indices that take RTMPS only (a TLS terminator in front).
+    pub rtmps: Vec<usize>,
+}
+
+impl Default for Destinations {
+    /// As a streamer's YouTube (RTMPS), Twitch (RTMP) and Facebook (RTMPS only): 128-byte
+    /// chunks (YouTube announces no chunk size; nginx-rtmp must announce one, so 128, RTMP's
+    /// initial size, which is what an ffmpeg publisher keeps at YouTube).
+    fn default() -> Self {
+        Destinations {
+            chunk_size: 128,
+            rtmps: vec![0, 2],
+        }
+    }
+}
+
+pub static DESTINATIONS: OnceLock<Destinations> = OnceLock::new();
+
+pub fn destinations() -> &'static Destinations {
+    DESTINATIONS.get_or_init(Destinations::default)
+}
 
 /// The synthetic source: 1280x720 30 fps H.264 at ~6 Mbit/s (keyframe every 2 s) + AAC
 /// 160 kbit/s, 20 s, looped by the publishers; encoded once into the target directory.
@@ -88,6 +125,8 @@ pub struct Lab {
     pub mtx_port: u16,
     pub mtx_api: u16,
     pub watcher: Watcher,
+    /// The lab's CA and the RTMPS destinations' certificate (signed for IP 127.0.0.1).
+    pub certs: Option<Certs>,
     /// Per destination server, the counter of its `rec` publish sessions (nginx-rtmp's
     /// `on_publish`/`on_publish_done`); empty unless the lab was made with
     /// [`Lab::counting_sessions`].
@@ -116,17 +155,68 @@ impl Lab {
         } else {
             vec![]
         };
+        let setup = destinations();
+        let certs = (!setup.rtmps.is_empty()).then(|| make_certs(&dir.join("certs")));
         let dests: Vec<Nginx> = (0..DESTS)
             .map(|i| {
                 let d = dir.join(format!("dest{i}"));
                 let notify = sessions.get(i).map(|h| h.url.as_str());
-                Nginx::start(&d, &destination_apps_notifying(&d, notify))
+                let serve = Serve {
+                    chunk_size: setup.chunk_size,
+                    tls: certs
+                        .as_ref()
+                        .filter(|_| setup.rtmps.contains(&i))
+                        .map(|c| (free_port(), c.good.0.clone(), c.good.1.clone())),
+                    tunnels: vec![],
+                };
+                Nginx::start_serving(
+                    &d,
+                    free_port(),
+                    free_port(),
+                    serve,
+                    &destination_apps_notifying(&d, notify),
+                )
             })
             .collect();
+        // nginx-rtmp's `push` speaks plain RTMP only: an RTMPS destination is reached through
+        // a tunnel in the push ingest's own nginx (its `stream` module), so its TLS costs
+        // land in the ingest's CPU, as a relay's would in the relay's.
         let push = with_push.then(|| {
-            let ports: Vec<u16> = dests.iter().map(|d| d.port).collect();
-            Nginx::start(&dir.join("push-ingest"), &push_apps(&ports))
+            let mut tunnels = vec![];
+            let ports: Vec<u16> = dests
+                .iter()
+                .map(|d| match &d.serve.tls {
+                    Some((tls_port, ..)) => {
+                        let listen = free_port();
+                        tunnels.push((listen, *tls_port));
+                        listen
+                    }
+                    None => d.port,
+                })
+                .collect();
+            let serve = Serve {
+                tunnels,
+                ..Serve::default()
+            };
+            Nginx::start_serving(
+                &dir.join("push-ingest"),
+                free_port(),
+                free_port(),
+                serve,
+                &push_apps(&ports),
+            )
         });
+        // The relays trust the lab's CA (a drop-in on every relay unit).
+        let mut drop_ins = vec![];
+        if let Some(c) = &certs {
+            drop_ins.push((
+                "neustream-relay@.service.d/bench-ca.conf".to_string(),
+                format!(
+                    "[Service]\nEnvironment=NEUSTREAM_CA_FILE={}\n",
+                    c.ca.display()
+                ),
+            ));
+        }
         let (mtx_port, mtx_api) = (free_port(), free_port());
         let unit = format!(
             "[Unit]\nDescription=MediaMTX, the benchmark's ingest\n\
@@ -144,7 +234,7 @@ impl Lab {
         let machine = Machine::boot_with(
             &format!("b{label}"),
             Options {
-                units: vec![("bench-mediamtx.service".into(), unit)],
+                units: [vec![("bench-mediamtx.service".into(), unit)], drop_ins].concat(),
                 wants: vec![],
                 ..Default::default()
             },
@@ -159,6 +249,7 @@ impl Lab {
             mtx_port,
             mtx_api,
             watcher: Watcher::start(poll),
+            certs,
             sessions,
         };
         lab.start_mediamtx();
@@ -168,9 +259,22 @@ impl Lab {
     fn start_mediamtx(&self) {
         let d: Vec<u16> = self.dests.iter().map(|d| d.port).collect();
         let seed = Path::new(PROJECT).join("bench/seed");
+        // MediaMTX trusts an RTMPS destination by its certificate's fingerprint.
+        let fingerprint = self
+            .certs
+            .as_ref()
+            .map(|c| tls_front::fingerprint(&c.good.0))
+            .unwrap_or_default();
         let forward = |app: &str| {
-            d.iter()
-                .map(|p| format!("      - dest: \"rtmp://127.0.0.1:{p}/{app}#$G1\"\n"))
+            self.dests
+                .iter()
+                .map(|d| {
+                    let mut entry = format!("      - dest: \"{}#$G1\"\n", d.public_app_url(app));
+                    if d.is_rtmps() {
+                        entry.push_str(&format!("        destFingerprint: {fingerprint}\n"));
+                    }
+                    entry
+                })
                 .collect::<String>()
         };
         // The ttff figure's paths (t<layout prefix>/<key>): MediaMTX's ready hook starts the
@@ -326,10 +430,11 @@ impl Lab {
     }
 
     /// Registers `key` with the Control Plane double, its destination `i` being
-    /// `rtmp://127.0.0.1:<dest i>/<app>/<name_i>`.
+    /// `rtmp://127.0.0.1:<dest i>/<app>/<name_i>` (`rtmps://` and the TLS terminator's port for
+    /// an RTMPS destination).
     pub fn add_stream(&self, key: &str, app: &str, names: &[String]) {
         let urls: Vec<String> = (0..DESTS)
-            .map(|i| format!("rtmp://127.0.0.1:{}/{app}", self.dests[i].port))
+            .map(|i| self.dests[i].public_app_url(app))
             .collect();
         let dests: Vec<(&str, &str, &str)> = (0..DESTS)
             .map(|i| {
@@ -452,6 +557,31 @@ impl Lab {
             .lines()
             .filter(|l| l.contains("neustream-relay@"))
             .count()
+    }
+
+    /// Sets (or with `None` removes) `NEUSTREAM_RTMP_ENGINE` for the relay units of `keys`:
+    /// a drop-in per instance (`neustream-relay@<key>.service.d/`, the keys being plain
+    /// alphanumerics need no escaping), then one daemon-reload. The hooks and everything else
+    /// stay as they are, so one machine runs both engines side by side.
+    pub fn set_engine(&self, keys: &[String], engine: Option<&str>) {
+        let units = self.machine.dir.join("units");
+        for k in keys {
+            let dir = units.join(format!("neustream-relay@{k}.service.d"));
+            match engine {
+                Some(e) => {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(
+                        dir.join("bench-engine.conf"),
+                        format!("[Service]\nEnvironment=NEUSTREAM_RTMP_ENGINE={e}\n"),
+                    )
+                    .unwrap();
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        self.machine.ok(&["systemctl", "daemon-reload"]);
     }
 
     pub fn dest_pids(&self) -> Vec<i32> {

@@ -1,10 +1,12 @@
 //! The ways of relaying a stream to its destinations that the benchmark compares, each
 //! started and stopped for many streams at once.
 //!
-//! - neustream: MediaMTX ingest; `neustream ready` (inside the systemd machine, as user
-//!   mediamtx) starts `neustream-relay@<key>.service` (relay v2): the relay process, a source
-//!   ffmpeg reading the ingest into an FLV pipe, and one ffmpeg per destination fed by the
-//!   relay (1 + N ffmpegs in the unit's cgroup).
+//! - neustream (v3): MediaMTX ingest; `neustream ready` (inside the systemd machine, as user
+//!   mediamtx) starts `neustream-relay@<key>.service` with its default engine (`native`: the
+//!   relay reads the ingest and publishes to every destination itself, one process).
+//! - v2: the same relay with `NEUSTREAM_RTMP_ENGINE=ffmpeg` (a drop-in on each of its units):
+//!   the relay process, a source ffmpeg reading the ingest into an FLV pipe, and one ffmpeg per
+//!   destination fed by the relay (1 + N ffmpegs in the unit's cgroup), as relay v2 ran.
 //! - v1: the previous relay's ffmpeg (bench/v1/ready.sh): one ffmpeg per stream with one
 //!   `-f fifo` output per destination, exactly v1's command line, started by a shell hook.
 //! - restreamer: datarhei Restreamer's layout (bench/restreamer/ready.sh): one ffmpeg per
@@ -24,6 +26,7 @@ use crate::{progress, sleep};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Neustream,
+    FfmpegEngine,
     V1,
     Restreamer,
     Seed,
@@ -32,12 +35,13 @@ pub enum Layout {
 }
 
 /// Baselines `--baselines` can name, in report order.
-pub const BASELINES: [&str; 5] = ["v1", "restreamer", "seed", "mediamtx", "nginx"];
+pub const BASELINES: [&str; 6] = ["v2", "v1", "restreamer", "seed", "mediamtx", "nginx"];
 
 impl Layout {
     pub fn name(self) -> &'static str {
         match self {
-            Layout::Neustream => "neustream (relay v2)",
+            Layout::Neustream => "neustream v3 (native engine)",
+            Layout::FfmpegEngine => "v2 (neustream, ffmpeg engine)",
             Layout::V1 => "v1 (1 ffmpeg, fifo outputs)",
             Layout::Restreamer => "per-destination ffmpeg reading the ingest",
             Layout::Seed => "seed (1 ffmpeg, N flv outputs)",
@@ -49,6 +53,9 @@ impl Layout {
     /// The layouts to run: neustream and the baselines asked for.
     pub fn selected(opts: &crate::Opts) -> Vec<Layout> {
         let mut v = vec![Layout::Neustream];
+        if opts.baseline("v2") {
+            v.push(Layout::FfmpegEngine);
+        }
         if opts.baseline("v1") {
             v.push(Layout::V1);
         }
@@ -67,9 +74,34 @@ impl Layout {
         v
     }
 
+    /// A layout by the name `--baselines` uses (v3 or neustream: neustream v3).
+    pub fn by_name(name: &str) -> Option<Layout> {
+        Some(match name {
+            "v3" | "neustream" => Layout::Neustream,
+            "v2" => Layout::FfmpegEngine,
+            "v1" => Layout::V1,
+            "restreamer" => Layout::Restreamer,
+            "seed" => Layout::Seed,
+            "mediamtx" => Layout::Forward,
+            "nginx" => Layout::Push,
+            _ => return None,
+        })
+    }
+
+    /// Like [`Layout::selected`] without the ffmpeg engine's layout (v2), for the figures whose
+    /// relays MediaMTX starts from its own hooks with keys made up on the spot (ttff, join,
+    /// storm): the engine is set per relay unit by a drop-in written before its start
+    /// ([`Lab::set_engine`]), which those figures have no moment for. They run v3.
+    pub fn selected_without_v2(opts: &crate::Opts) -> Vec<Layout> {
+        let mut v = Layout::selected(opts);
+        v.retain(|l| *l != Layout::FfmpegEngine);
+        v
+    }
+
     pub fn prefix(self) -> &'static str {
         match self {
             Layout::Neustream => "n",
+            Layout::FfmpegEngine => "e",
             Layout::V1 => "v",
             Layout::Restreamer => "r",
             Layout::Seed => "s",
@@ -78,13 +110,18 @@ impl Layout {
         }
     }
 
+    /// Whether the layout is neustream's relay unit (either engine).
+    pub fn is_neustream(self) -> bool {
+        matches!(self, Layout::Neustream | Layout::FfmpegEngine)
+    }
+
     /// Processes that relay (inside the machine), as host pids: for neustream every process
-    /// of the relay units' cgroups (`neustream relay`, its source ffmpeg and one ffmpeg per
-    /// destination); for the shell-hook baselines their ffmpegs. The ingest does it for
-    /// MediaMTX forward and nginx push.
+    /// of the relay units' cgroups (`neustream relay`; with the ffmpeg engine also its source
+    /// ffmpeg and one ffmpeg per destination); for the shell-hook baselines their ffmpegs.
+    /// The ingest does it for MediaMTX forward and nginx push.
     pub fn relay_pids(self, lab: &Lab) -> Vec<i32> {
         match self {
-            Layout::Neustream => lab.relay_unit_pids(),
+            Layout::Neustream | Layout::FfmpegEngine => lab.relay_unit_pids(),
             Layout::V1 | Layout::Restreamer | Layout::Seed => lab.hook_ffmpeg_pids(),
             Layout::Forward | Layout::Push => vec![],
         }
@@ -106,7 +143,7 @@ impl Layout {
             Layout::V1 => "v1",
             Layout::Restreamer => "restreamer",
             Layout::Seed => "seed",
-            Layout::Neustream => {
+            Layout::Neustream | Layout::FfmpegEngine => {
                 return Some(("neustream ready".into(), "neustream unpublish".into()))
             }
             Layout::Forward | Layout::Push => return None,
@@ -164,14 +201,21 @@ impl Streams {
             .map(|i| format!("{}{tag}{i}", layout.prefix()))
             .collect();
         let publishers = match layout {
-            Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => {
+            Layout::Neustream
+            | Layout::FfmpegEngine
+            | Layout::V1
+            | Layout::Restreamer
+            | Layout::Seed => {
                 for k in &keys {
                     lab.add_stream(k, app, &Lab::dest_names(k));
+                }
+                if layout == Layout::FfmpegEngine {
+                    lab.set_engine(&keys, Some("ffmpeg"));
                 }
                 let paths: Vec<String> = keys.iter().map(|k| format!("live/{k}")).collect();
                 let pubs = lab.publish_mtx(&paths);
                 let (ready, _) = layout.hooks().unwrap();
-                let parallel = if layout == Layout::Neustream { 10 } else { 50 };
+                let parallel = if layout.is_neustream() { 10 } else { 50 };
                 run_hooks(lab, &keys, &ready, parallel);
                 pubs
             }
@@ -240,11 +284,7 @@ impl Streams {
     /// Stops the relays and the publishers; waits until nothing of this layout is left.
     pub fn stop(mut self, lab: &Lab) {
         if let Some((_, unpublish)) = self.layout.hooks() {
-            let parallel = if self.layout == Layout::Neustream {
-                10
-            } else {
-                50
-            };
+            let parallel = if self.layout.is_neustream() { 10 } else { 50 };
             run_hooks(lab, &self.keys, &unpublish, parallel);
         }
         stop_all(&mut self.publishers);
@@ -255,6 +295,9 @@ impl Streams {
         });
         if gone.is_none() {
             progress!("{}: streams still left after stopping", self.layout.name());
+        }
+        if self.layout == Layout::FfmpegEngine {
+            lab.set_engine(&self.keys, None);
         }
         sleep(1.0);
     }

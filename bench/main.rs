@@ -17,6 +17,7 @@ mod procs;
 mod rtmp;
 mod stats;
 mod tap;
+mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +37,10 @@ pub struct Opts {
     pub window: f64,
     pub scale_sizes: Vec<usize>,
     pub scale_window: f64,
+    /// Layouts of figure 4, each tried at every size until one fails.
+    pub scale_layouts: Vec<layouts::Layout>,
+    /// Streams started at a time in figure 4.
+    pub scale_batch: usize,
     pub storm_streams: Vec<usize>,
     pub recovery_runs: usize,
     pub outage: f64,
@@ -43,8 +48,10 @@ pub struct Opts {
     pub scrape_runs: usize,
     pub drop_runs: usize,
     pub drop_gap: f64,
-    /// Baselines to run beside neustream: v1, restreamer, seed, mediamtx, nginx.
+    /// Baselines to run beside neustream: v2, v1, restreamer, seed, mediamtx, nginx.
     pub baselines: Vec<String>,
+    /// How the destination servers behave (chunk size, which take RTMPS).
+    pub destinations: lab::Destinations,
     pub profile: bool,
     pub out: Option<String>,
 }
@@ -61,6 +68,8 @@ impl Default for Opts {
             window: 20.0,
             scale_sizes: vec![50, 60, 70, 80, 90, 100, 120, 150, 200],
             scale_window: 30.0,
+            scale_layouts: vec![layouts::Layout::Neustream],
+            scale_batch: 10,
             storm_streams: vec![100],
             recovery_runs: 3,
             outage: 6.0,
@@ -69,6 +78,7 @@ impl Default for Opts {
             drop_runs: 3,
             drop_gap: 4.0,
             baselines: layouts::BASELINES.iter().map(|s| s.to_string()).collect(),
+            destinations: lab::Destinations::default(),
             profile: true,
             out: None,
         }
@@ -113,6 +123,9 @@ fn usage() -> &'static str {
      \x20 --scale-sizes A,B,...      stream counts tried in figure 4, in order, until one fails\n\
      \x20                            (50,60,70,80,90,100,120,150,200)\n\
      \x20 --scale-window SECONDS     real-time check window of figure 4 (30)\n\
+     \x20 --scale-layouts a,b        layouts of figure 4: v3 and the --baselines names (v3)\n\
+     \x20 --scale-batch N            streams started at a time in figure 4, each batch\n\
+     \x20                            receiving before the next (10)\n\
      \x20 --storm-streams A,B        streams of figure 5, one storm per count (100)\n\
      \x20 --recovery-runs N          outages per layout in figure 6 (3)\n\
      \x20 --outage SECONDS           how long a destination stays away in figure 6 (6)\n\
@@ -120,8 +133,13 @@ fn usage() -> &'static str {
      \x20 --scrape-runs N           timed scrapes for figure scrape (50)\n\
      \x20 --drop-runs N              publisher drops per layout in figure 7 (3)\n\
      \x20 --drop-gap SECONDS         how long the publisher stays away in figure 7 (4)\n\
-     \x20 --baselines a,b            which of v1,restreamer,seed,mediamtx,nginx to run beside\n\
-     \x20                            neustream (all; `--baselines ''` for none)\n\
+     \x20 --baselines a,b            which of v2,v1,restreamer,seed,mediamtx,nginx to run beside\n\
+     \x20                            neustream v3 (all; `--baselines ''` for none); v2 is the\n\
+     \x20                            relay with NEUSTREAM_RTMP_ENGINE=ffmpeg (not in ttff, join, drop)\n\
+     \x20 --dest-chunk-size N        chunk size every destination server announces (128: what an\n\
+     \x20                            ffmpeg publisher keeps at YouTube, which announces none)\n\
+     \x20 --rtmps-dests A,B          destinations (0-2) that take RTMPS only, through a TLS\n\
+     \x20                            terminator (0,2: as YouTube and Facebook; '' for none)\n\
      \x20 --no-profile               skip the hook profile printed when figure 1 misses its goal\n\
      \x20 --out FILE                 also write the report to FILE\n"
 }
@@ -167,6 +185,16 @@ fn parse_args() -> Result<Opts, String> {
             "--window" => opts.window = float(value()?)?,
             "--scale-sizes" => opts.scale_sizes = list(value()?)?,
             "--scale-window" => opts.scale_window = float(value()?)?,
+            "--scale-layouts" => {
+                opts.scale_layouts = value()?
+                    .split(',')
+                    .map(|n| {
+                        layouts::Layout::by_name(n.trim())
+                            .ok_or_else(|| format!("--scale-layouts: unknown layout {n}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--scale-batch" => opts.scale_batch = num(value()?)?,
             "--storm-streams" => opts.storm_streams = list(value()?)?,
             "--recovery-runs" => opts.recovery_runs = num(value()?)?,
             "--outage" => opts.outage = float(value()?)?,
@@ -180,6 +208,20 @@ fn parse_args() -> Result<Opts, String> {
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect()
+            }
+            "--dest-chunk-size" => {
+                opts.destinations.chunk_size = value()?
+                    .parse()
+                    .ok()
+                    .filter(|c| (1..=0x7fff_ffff).contains(c))
+                    .ok_or("--dest-chunk-size: a number from 1 to 2^31-1")?
+            }
+            "--rtmps-dests" => {
+                let v = value()?;
+                opts.destinations.rtmps = if v.is_empty() { vec![] } else { list(v)? };
+                if opts.destinations.rtmps.iter().any(|i| *i >= lab::DESTS) {
+                    return Err(format!("--rtmps-dests: indices 0 to {}", lab::DESTS - 1));
+                }
             }
             "--no-profile" => opts.profile = false,
             "--out" => opts.out = Some(value()?),
@@ -267,9 +309,30 @@ fn header() -> String {
         "Machine: {cores} × {cpu}, {mem} RAM, Linux {}, ffmpeg {ffmpeg}, nginx-rtmp (Debian), \
          MediaMTX v1.21.0; load average at start {}. Everything on 127.0.0.1; source: \
          1280x720 30 fps H.264 ~6 Mbit/s (GOP 2 s) + AAC 160 kbit/s, `ffmpeg -re -stream_loop -1 \
-         -c copy`; 3 destinations per stream (nginx-rtmp, one server per destination index).\n",
+         -c copy`; 3 destinations per stream (nginx-rtmp, one server per destination index), \
+         each announcing {chunk}-byte chunks; {tls}.\n",
         kernel.trim(),
-        procs::loadavg()
+        procs::loadavg(),
+        chunk = lab::destinations().chunk_size,
+        tls = if lab::destinations().rtmps.is_empty() {
+            "all plain RTMP".to_string()
+        } else {
+            format!(
+                "destination{} {} RTMPS only (TLS terminator: nginx `stream` module on \
+                 127.0.0.1 in front of nginx-rtmp)",
+                if lab::destinations().rtmps.len() > 1 {
+                    "s"
+                } else {
+                    ""
+                },
+                lab::destinations()
+                    .rtmps
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )
+        }
     )
 }
 
@@ -297,6 +360,9 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    lab::DESTINATIONS
+        .set(opts.destinations.clone())
+        .expect("destinations set once");
     let started = std::time::Instant::now();
     let mut report = format!(
         "# Neustream benchmark\n\n{}\nCommand: `bench/run.sh {}`\n\n",

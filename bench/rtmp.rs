@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{free_port, wait_for};
+use crate::common::{tls_front, wait_for};
 
 pub const MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
@@ -46,7 +46,9 @@ pub fn destination_apps_notifying(dir: &Path, notify: Option<&str>) -> String {
 }
 
 /// Applications of the "nginx-rtmp push" ingest: `plain` relays nothing (its CPU is the
-/// ingest's own), the others push every stream to the same application of each destination.
+/// ingest's own), the others push every stream to the same application of each destination,
+/// `dests` being the port it pushes to per destination (for an RTMPS destination a local
+/// tunnel, [`Serve::tunnels`]).
 pub fn push_apps(dests: &[u16]) -> String {
     let mut out = String::from("application plain { live on; }\n");
     for app in ["live", "rec", "head"] {
@@ -59,13 +61,41 @@ pub fn push_apps(dests: &[u16]) -> String {
     out
 }
 
+/// How a server behaves beyond its applications.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// The chunk size nginx-rtmp announces (Set Chunk Size) to every client. A publisher that
+    /// adopts the server's (ffmpeg 5.1) then writes chunks of this size; YouTube's ingest
+    /// announces none, which leaves ffmpeg at RTMP's initial 128.
+    pub chunk_size: u32,
+    /// RTMPS: a TLS terminator (nginx's `stream` module in the same nginx,
+    /// tests/common/tls_front.rs) on this port with this certificate and key, in front of the
+    /// RTMP port.
+    pub tls: Option<(u16, PathBuf, PathBuf)>,
+    /// Local plain-to-TLS tunnels in the same nginx: (listen port, RTMPS port), for
+    /// nginx-rtmp's `push`, which cannot speak RTMPS.
+    pub tunnels: Vec<(u16, u16)>,
+}
+
+impl Default for Serve {
+    /// nginx-rtmp's and OBS's 4096, plain RTMP.
+    fn default() -> Self {
+        Serve {
+            chunk_size: 4096,
+            tls: None,
+            tunnels: vec![],
+        }
+    }
+}
+
 pub struct Nginx {
     pub port: u16,
     pub http_port: u16,
     pub dir: PathBuf,
-    /// When it first accepted a TCP connection (unix seconds; polled every 2 ms from its
-    /// start).
+    /// When it first accepted a TCP connection on its public port (unix seconds; polled
+    /// every 2 ms from its start).
     pub listening_at: f64,
+    pub serve: Serve,
     child: Option<Child>,
 }
 
@@ -76,15 +106,19 @@ pub struct StreamStat {
     pub name: String,
     /// The publisher's last message timestamp, seconds.
     pub timestamp: f64,
+    /// The payload bytes of the audio and video messages the stream received (nginx-rtmp's
+    /// `bytes_in` of the stream: the message lengths, no chunk headers).
+    pub bytes_in: u64,
     pub publishing: bool,
 }
 
 impl Nginx {
-    pub fn start(dir: &Path, apps: &str) -> Nginx {
-        Self::start_on(dir, free_port(), free_port(), apps)
+    /// The same server again (ports, chunk size, TLS) after [`Nginx::stop`], in `dir`.
+    pub fn again(&self, dir: &Path, apps: &str) -> Nginx {
+        Self::start_serving(dir, self.port, self.http_port, self.serve.clone(), apps)
     }
 
-    pub fn start_on(dir: &Path, port: u16, http_port: u16, apps: &str) -> Nginx {
+    pub fn start_serving(dir: &Path, port: u16, http_port: u16, serve: Serve, apps: &str) -> Nginx {
         assert!(
             Path::new(MODULE).exists(),
             "{MODULE} missing: apt-get install nginx-light libnginx-mod-rtmp"
@@ -97,19 +131,33 @@ impl Nginx {
             .args(["-R", "a+rwx"])
             .arg(dir)
             .status();
+        let mut stream = String::new();
+        if let Some((tls_port, cert, key)) = &serve.tls {
+            stream.push_str(&tls_front::terminator(*tls_port, port, cert, key));
+        }
+        for (listen, upstream) in &serve.tunnels {
+            stream.push_str(&tls_front::tunnel(*listen, *upstream));
+        }
+        let (stream_module, stream) = if stream.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (tls_front::load_module(), format!("stream {{\n{stream}}}\n"))
+        };
         let conf = dir.join("nginx.conf");
         std::fs::write(
             &conf,
             format!(
-                "load_module {MODULE};\n\
+                "load_module {MODULE};\n{stream_module}\
                  daemon off;\nmaster_process on;\nworker_processes 1;\n\
                  worker_rlimit_nofile 16384;\n\
                  pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
                  events {{ worker_connections 8192; }}\n\
-                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n{apps}}} }}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size {chunk};\n{apps}}} }}\n\
+                 {stream}\
                  http {{ access_log off; server {{ listen 127.0.0.1:{http_port};\n\
                    location /stat {{ rtmp_stat all; }} }} }}\n",
                 d = dir.display(),
+                chunk = serve.chunk_size,
             ),
         )
         .unwrap();
@@ -125,15 +173,17 @@ impl Nginx {
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start nginx");
+        let public = serve.tls.as_ref().map_or(port, |t| t.0);
         let mut server = Nginx {
             port,
             http_port,
             dir: dir.into(),
             listening_at: f64::NAN,
+            serve,
             child: Some(child),
         };
         let up = wait_for(Duration::from_secs(10), Duration::from_millis(2), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
+            std::net::TcpStream::connect(("127.0.0.1", public))
                 .ok()
                 .map(|_| crate::common::arrivals::now())
         });
@@ -146,8 +196,28 @@ impl Nginx {
         server
     }
 
+    /// Its plain RTMP URL (also behind a TLS terminator: the benchmark's own readers).
     pub fn url(&self, app: &str, name: &str) -> String {
         format!("rtmp://127.0.0.1:{}/{app}/{name}", self.port)
+    }
+
+    /// The port clients publish to: the TLS terminator's for an RTMPS server.
+    pub fn public_port(&self) -> u16 {
+        self.serve.tls.as_ref().map_or(self.port, |t| t.0)
+    }
+
+    /// The URL of application `app` as a destination: `rtmps://` for an RTMPS server.
+    pub fn public_app_url(&self, app: &str) -> String {
+        let scheme = if self.serve.tls.is_some() {
+            "rtmps"
+        } else {
+            "rtmp"
+        };
+        format!("{scheme}://127.0.0.1:{}/{app}", self.public_port())
+    }
+
+    pub fn is_rtmps(&self) -> bool {
+        self.serve.tls.is_some()
     }
 
     /// Where the application `app` (rec or head) records stream `name`.
@@ -179,6 +249,10 @@ impl Nginx {
                 let name = between(stream, "<name>", "</name>")
                     .unwrap_or("")
                     .to_string();
+                let head = stream.split("<client>").next().unwrap_or("");
+                let bytes_in = between(head, "<bytes_in>", "</bytes_in>")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let publisher = stream
                     .split("<client>")
                     .skip(1)
@@ -191,6 +265,7 @@ impl Nginx {
                     app: app_name.clone(),
                     name,
                     timestamp,
+                    bytes_in,
                     publishing: publisher.is_some(),
                 });
             }

@@ -17,7 +17,8 @@
 # to stderr. Run it when the machine is otherwise idle: the figures are only as good as the
 # quiet around them (the load average is printed with each figure).
 #
-# Needs root and: ffmpeg nginx-light libnginx-mod-rtmp systemd-container dbus polkitd curl jq
+# Needs root and: ffmpeg nginx-light libnginx-mod-rtmp libnginx-mod-stream (the destinations'
+# TLS terminator) openssl iproute2 systemd-container dbus polkitd curl jq
 # (apt-get install ...), plus Go and npm for tests/support/build-mediamtx.sh the first time
 # (the MediaMTX binary is cached in /var/cache/neustream-test).
 set -euo pipefail
@@ -26,10 +27,11 @@ cd "$(dirname "$0")/.."
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "run as root (systemd-nspawn machines, nginx workers)"
-for tool in ffmpeg ffprobe nginx systemd-nspawn nsenter setpriv curl jq cargo; do
+for tool in ffmpeg ffprobe nginx openssl ss systemd-nspawn nsenter setpriv curl jq cargo; do
   command -v "$tool" >/dev/null || die "$tool not found (see the header of this script)"
 done
 [[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || die "apt-get install libnginx-mod-rtmp"
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || die "apt-get install libnginx-mod-stream"
 [[ -e /usr/lib/polkit-1/polkitd ]] || die "apt-get install polkitd"
 
 for arg in "$@"; do

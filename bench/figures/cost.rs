@@ -1,20 +1,24 @@
 //! Figure 3, relay cost in steady state, per stream (3 destinations each): CPU in % of one
 //! core, from /proc/<pid>/stat utime + stime of every relay process (for neustream: every
-//! process of the relay units' cgroups, `neustream relay`, its source ffmpeg and its
-//! destination ffmpegs; for v1, the restreamer layout and the seed: their ffmpegs),
+//! process of the relay units' cgroups, `neustream relay` and, with the ffmpeg engine (v2), its
+//! source ffmpeg and its destination ffmpegs; for v1, the restreamer layout and the seed:
+//! their ffmpegs),
 //! plus the extra CPU the ingest spends serving the relays (ingest CPU with the relays minus
 //! ingest CPU with the same publishers and no relay: this kernel charges loopback receive work
 //! to the sender, so the ingest's share matters). Memory: RSS and PSS (smaps_rollup) of the
 //! relay processes, plus the ingest's extra PSS. The window is cut in 3 parts: the table shows
-//! the median part and the spread (min–max) over the parts.
+//! the median part and the spread (min–max) over the parts. Over the same window, the bytes on
+//! each destination's connections over the media bytes (figure 3b, bench/wire.rs).
 
 use std::time::Duration;
 
 use crate::common::arrivals::now;
+use crate::common::wire::FlvMedia;
 use crate::lab::Lab;
 use crate::layouts::{Layout, Streams};
 use crate::procs::{mem, CpuMeter, Mem};
 use crate::stats::{mb, pct, percentile, ratio, table};
+use crate::wire::{DestWire, WireMeter};
 use crate::{progress, sleep, Opts};
 
 const PARTS: usize = 3;
@@ -85,7 +89,7 @@ pub fn measure(lab: &Lab, layout: Layout, streams: Option<&Streams>, window: f64
 /// ffmpegs (ingest → FLV pipe: `pipe:1`), the destination ffmpegs (FLV pipe → RTMP:
 /// `pipe:0`). One role, "ffmpeg", for the other layouts.
 pub fn roles(layout: Layout, pids: &[i32]) -> Vec<(&'static str, Vec<i32>)> {
-    if layout != Layout::Neustream {
+    if !layout.is_neustream() {
         return vec![("ffmpeg", pids.to_vec())];
     }
     let mut out: Vec<(&'static str, Vec<i32>)> = vec![
@@ -130,6 +134,8 @@ struct Row {
     procs: f64,
     /// By role: (role, CPU per stream, PSS per stream in KiB).
     roles: Vec<(&'static str, f64, f64)>,
+    /// Bytes on the wire over media bytes, per destination index, over the whole window.
+    wire: Vec<DestWire>,
 }
 
 fn idle(lab: &Lab, layout: Layout, n: usize, window: f64) -> (f64, Mem) {
@@ -156,6 +162,7 @@ fn idle(lab: &Lab, layout: Layout, n: usize, window: f64) -> (f64, Mem) {
 
 pub fn run(opts: &Opts) -> String {
     let layouts = Layout::selected(opts);
+    let media = FlvMedia::read(&crate::lab::clip());
     let mut rows: Vec<Row> = vec![];
     for &n in &opts.cost_sizes {
         let lab = Lab::new(
@@ -173,7 +180,9 @@ pub fn run(opts: &Opts) -> String {
             progress!("cost: {n} streams: {}", layout.name());
             let streams = Streams::start(&lab, layout, n, "live", "");
             sleep(WARMUP);
+            let wire = WireMeter::start(&lab, &streams);
             let parts = measure(&lab, layout, Some(&streams), opts.window);
+            let wire = wire.stop(&lab, &streams, &media);
             let relay_pids = layout.relay_pids(&lab);
             let relay_mem = mem(&relay_pids);
             let role_mem: Vec<(&'static str, f64)> = roles(layout, &relay_pids)
@@ -224,20 +233,32 @@ pub fn run(opts: &Opts) -> String {
                     .fold(f64::INFINITY, f64::min),
                 ended: parts.iter().map(|p| p.ended).sum(),
                 total,
+                wire,
             };
             progress!(
-                "cost: {n} × {}: {} CPU/stream (relay {}, ingest extra {}), PSS {}/stream, min rate {:.3}",
+                "cost: {n} × {}: {} CPU/stream (relay {}, ingest extra {}), PSS {}/stream, \
+                 min rate {:.3}, wire/media {}",
                 layout.name(),
                 pct(percentile(&row.total, 50.0)),
                 pct(row.relay),
                 pct(row.ingest_extra),
                 mb(row.pss),
-                row.min_rate
+                row.min_rate,
+                row.wire
+                    .iter()
+                    .map(|w| format!(
+                        "{:.3} (media {:.1} MB, {:.3} of the clip's rate)",
+                        w.ratio(),
+                        w.media / 1e6,
+                        w.media / w.media_from_clip
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             );
             rows.push(row);
         }
     }
-    report(&rows)
+    format!("{}\n{}", report(&rows), wire_report(&rows, &media))
 }
 
 /// A layout whose slowest destination got less media per wall second than this did not keep
@@ -245,10 +266,102 @@ pub fn run(opts: &Opts) -> String {
 /// 0.99: nginx-rtmp's per-stream timestamp moves a frame or an audio packet at a time, which
 /// over a part of a few seconds reads as up to ~1 % below real time.
 const REAL_TIME: f64 = 0.97;
-/// Goal of issue 9: relay v2 at most this times v1's CPU per stream...
-const GOAL_CPU_VS_V1: f64 = 1.3;
-/// ...and at most this PSS per stream of 3 destinations (MiB).
-const GOAL_PSS_MB: f64 = 40.0;
+/// Goals of issue 16 for relay v3 (native engine): CPU per stream at most MediaMTX forward's
+/// and at most this times v1's...
+const GOAL_CPU_VS_V1: f64 = 0.6;
+/// ...at most this PSS per stream of 3 destinations (MiB)...
+const GOAL_PSS_MB: f64 = 12.0;
+/// ...one process per stream...
+const GOAL_PROCS: f64 = 1.0;
+/// ...and at most this many bytes on each destination's connection per media byte.
+const GOAL_WIRE: f64 = 1.02;
+
+/// A warning when the "v3" rows ran the ffmpeg engine after all: a relay binary that predates
+/// the native engine ignores NEUSTREAM_RTMP_ENGINE and runs ffmpegs in its units.
+fn engine_note(rows: &[Row]) -> String {
+    let ffmpegs = rows.iter().any(|r| {
+        r.layout == Layout::Neustream && r.roles.iter().any(|(name, ..)| name.contains("ffmpeg"))
+    });
+    if ffmpegs {
+        "**Note: the relay units of \"neustream v3\" ran ffmpegs: this relay binary has no native \
+         engine yet (it ignores NEUSTREAM_RTMP_ENGINE), so its rows measure the ffmpeg engine \
+         too.**\n\n"
+            .into()
+    } else {
+        String::new()
+    }
+}
+
+/// Section 3b: bytes on each destination's connections over the media bytes.
+fn wire_report(rows: &[Row], media: &FlvMedia) -> String {
+    let dests = rows.first().map_or(0, |r| r.wire.len());
+    let mut lines = vec![];
+    let mut verdicts = vec![];
+    for r in rows {
+        let mut line = vec![r.n.to_string(), r.layout.name().into()];
+        for w in &r.wire {
+            let mut cell = format!("**{:.3}×** ({:.0} seg/s)", w.ratio(), w.segs_per_s);
+            if w.changed > 0 || w.missing > 0 || w.sockets != r.n {
+                cell.push_str(&format!(
+                    " ({} connection(s) counted; {} opened or closed and {} stream(s) not \
+                     there throughout: not counted)",
+                    w.sockets, w.changed, w.missing
+                ));
+            }
+            line.push(cell);
+        }
+        let worst = r.wire.iter().map(DestWire::ratio).fold(f64::NAN, f64::max);
+        line.push(format!("{worst:.3}×"));
+        lines.push(line);
+        if r.layout == Layout::Neustream {
+            verdicts.push(format!(
+                "{} streams: worst {worst:.3}× ({})",
+                r.n,
+                if worst <= GOAL_WIRE {
+                    "**met**"
+                } else {
+                    "**missed**"
+                }
+            ));
+        }
+    }
+    let mut header = vec!["streams".to_string(), "relay".to_string()];
+    if let Some(r) = rows.first() {
+        for (i, w) in r.wire.iter().enumerate() {
+            header.push(format!(
+                "destination {i} ({})",
+                if w.rtmps { "RTMPS" } else { "RTMP" }
+            ));
+        }
+    }
+    header.push("worst".into());
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    format!(
+        "## 3b. Bytes on the wire over media bytes, per destination\n\n\
+         Over the cost figure's window, per destination index ({dests} servers, each announcing \
+         {chunk}-byte chunks): the bytes that server's accepted TCP connections received (the \
+         kernel's `bytes_received`, `ss -tin`; for RTMPS on the TLS terminator's side, so TLS \
+         records and handshakes included; TCP/IP headers not), over the media bytes those \
+         streams received in the same window: the payload of their audio and video messages as \
+         the destination's nginx-rtmp counts them (`bytes_in` of each stream in `rtmp_stat`), \
+         i.e. the clip's FLV tag payloads ({:.2} Mbit/s over its {:.1} s), exact whatever part \
+         of the clip the window covers. Segments: TCP segments the server received per second per \
+         connection. nginx-rtmp push reaches an RTMPS destination through a plain-to-TLS \
+         tunnel in its own nginx (`stream` module, `proxy_ssl`): its TLS is nginx's, its CPU \
+         in the ingest's.\n\n{}\n\
+         Goal of neustream v3 (issue 16: ≤ {GOAL_WIRE}× at every destination, RTMPS \
+         included): {}.\n",
+        media.rate() * 8.0 / 1e6,
+        media.seconds,
+        table(&header, &lines),
+        if verdicts.is_empty() {
+            "not run".into()
+        } else {
+            verdicts.join("; ")
+        },
+        chunk = crate::lab::destinations().chunk_size,
+    )
+}
 
 fn report(rows: &[Row]) -> String {
     let find = |n: usize, l: Layout| rows.iter().find(|r| r.n == n && r.layout == l);
@@ -316,27 +429,37 @@ fn report(rows: &[Row]) -> String {
             ),
         ]);
         if r.layout == Layout::Neustream {
-            let pss_ok = r.pss / 1024.0 <= GOAL_PSS_MB;
-            let cpu = v1.map(|v| t / percentile(&v.total, 50.0));
+            let verdict = |ok: Option<bool>| match ok {
+                Some(true) => "**met**",
+                Some(false) => "**missed**",
+                None => "not run",
+            };
+            let cpu_v1 = v1.map(|v| t / percentile(&v.total, 50.0));
+            let forward = find(r.n, Layout::Forward).map(|f| percentile(&f.total, 50.0));
             verdicts.push(format!(
-                "{} streams{}: CPU {} ({}), PSS {} ({})",
+                "{} streams{}: CPU {} v1 ({}), {} vs MediaMTX forward's {} ({}); PSS {} ({}); \
+                 {:.0} process(es) per stream ({})",
                 r.n,
                 if r.min_rate < REAL_TIME || v1.is_some_and(|v| v.min_rate < REAL_TIME) {
                     " (not at real time: not a figure of record)"
                 } else {
                     ""
                 },
-                cpu.map_or("–".into(), |c| format!("{c:.2}× v1")),
-                match cpu {
-                    Some(c) if c <= GOAL_CPU_VS_V1 => "**met**",
-                    Some(_) => "**missed**",
-                    None => "no v1 run",
-                },
+                cpu_v1.map_or("–".into(), |c| format!("{c:.2}×")),
+                verdict(cpu_v1.map(|c| c <= GOAL_CPU_VS_V1)),
+                pct(t),
+                forward.map_or("–".into(), pct),
+                verdict(forward.map(|f| t <= f)),
                 mb(r.pss),
-                if pss_ok { "**met**" } else { "**missed**" },
+                verdict(Some(r.pss / 1024.0 <= GOAL_PSS_MB)),
+                r.procs,
+                verdict(Some(r.procs <= GOAL_PROCS)),
             ));
+        }
+        if r.layout.is_neustream() {
             breakdown.push(vec![
                 r.n.to_string(),
+                r.layout.name().into(),
                 r.roles
                     .iter()
                     .map(|(name, cpu, pss)| format!("{name} {} / {}", pct(*cpu), mb(*pss)))
@@ -349,8 +472,8 @@ fn report(rows: &[Row]) -> String {
         "## 3. Relay cost per stream (3 destinations)\n\n\
          CPU in % of one core per stream: relay processes + the ingest's extra CPU (median of \
          {PARTS} parts of the window, spread min–max). Relay processes: for neustream every \
-         process of the relay units' cgroups (the relay, its source ffmpeg, one ffmpeg per \
-         destination); for v1, the restreamer layout and the seed their ffmpegs. Memory per \
+         process of the relay units' cgroups (the relay; with the ffmpeg engine also its source \
+         ffmpeg and one ffmpeg per destination); for v1, the restreamer layout and the seed their ffmpegs. Memory per \
          stream: PSS and RSS of the relay processes, and the ingest's extra PSS (ingest PSS \
          with the relays minus without: the whole memory of MediaMTX forward and nginx push, \
          and for the others the RTMP readers they add to MediaMTX; Go's heap makes it noisy). \
@@ -358,7 +481,8 @@ fn report(rows: &[Row]) -> String {
          {REAL_TIME} the layout did not keep up (the machine was saturated) and its CPU is a \
          lower bound. Ratios: CPU per stream / PSS per stream.\n\n{}\n\
          Where neustream's cost goes, per stream (CPU median of the parts / PSS):\n\n{}\n\
-         Goal (CPU ≤ {GOAL_CPU_VS_V1}× v1, PSS ≤ {GOAL_PSS_MB:.0} MB per stream): {}.\n",
+         {}Goals of neustream v3 (issue 16: CPU ≤ MediaMTX forward's and ≤ {GOAL_CPU_VS_V1}× \
+         v1's, PSS ≤ {GOAL_PSS_MB:.0} MB, {GOAL_PROCS:.0} process per stream): {}.\n",
         table(
             &[
                 "streams",
@@ -378,7 +502,8 @@ fn report(rows: &[Row]) -> String {
             ],
             &lines
         ),
-        table(&["streams", "by role: CPU / PSS"], &breakdown),
+        table(&["streams", "relay", "by role: CPU / PSS"], &breakdown),
+        engine_note(rows),
         if verdicts.is_empty() {
             "not run".into()
         } else {

@@ -65,7 +65,7 @@ pub fn run(opts: &Opts) -> String {
     progress!("join: source keyframes every {gop:.2} s at the destination");
 
     // The layouts started by a hook; MediaMTX forward and nginx push have no hook to start.
-    let layouts: Vec<(Layout, usize)> = Relay::selected(opts)
+    let layouts: Vec<(Layout, usize)> = Relay::selected_without_v2(opts)
         .into_iter()
         .filter_map(|l| {
             let (ready, unpublish) = l.hooks()?;

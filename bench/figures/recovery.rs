@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::common::arrivals::{now, worst_gap};
 use crate::lab::Lab;
 use crate::layouts::{Layout, Streams};
-use crate::rtmp::{destination_apps, Nginx};
+use crate::rtmp::destination_apps;
 use crate::stats::{percentile, secs, table};
 use crate::{progress, sleep, Opts};
 
@@ -50,12 +50,12 @@ pub fn run(opts: &Opts) -> String {
         };
         for r in 0..runs {
             crate::check_interrupted();
-            let (port, http) = (lab.dests[2].port, lab.dests[2].http_port);
             let dropped = now();
             lab.dests[2].stop();
             sleep(opts.outage);
             let dir = lab.dir.join(format!("dest2-back-{li}-{r}"));
-            let back = Nginx::start_on(&dir, port, http, &destination_apps(&dir));
+            // The same server (ports, chunk size, TLS terminator) back.
+            let back = lab.dests[2].again(&dir, &destination_apps(&dir));
             let returned = back.listening_at;
             let name = format!("{key}-back{r}");
             lab.watcher.watch(&name, &back.recording("rec", &key));

@@ -61,7 +61,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
         let urls: Vec<String> = keys
             .iter()
             .map(|k| match layout {
-                Layout::Neustream => lab.mtx_url(&format!("hook/{k}")),
+                Layout::Neustream | Layout::FfmpegEngine => lab.mtx_url(&format!("hook/{k}")),
                 Layout::V1 => lab.mtx_url(&format!("v1/{k}")),
                 Layout::Restreamer => lab.mtx_url(&format!("rs/{k}")),
                 Layout::Seed => lab.mtx_url(&format!("seed/{k}")),
@@ -75,6 +75,9 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
                 lab.watcher
                     .watch(&format!("{k}-{i}"), &lab.dests[i].recording("head", k));
             }
+        }
+        if layout == Layout::FfmpegEngine {
+            lab.set_engine(&keys, Some("ffmpeg"));
         }
         let ends_before = lab.cp.count("POST", "/api/auth/stream-end");
 
@@ -117,7 +120,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
             crate::check_interrupted();
             if all_running.is_none() {
                 let running = match layout {
-                    Layout::Neustream => lab.units_in("active"),
+                    Layout::Neustream | Layout::FfmpegEngine => lab.units_in("active"),
                     Layout::Seed | Layout::V1 => lab.hook_ffmpeg_pids().len(),
                     // One ffmpeg per destination.
                     Layout::Restreamer => lab.hook_ffmpeg_pids().len() / DESTS,
@@ -181,7 +184,7 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            if layout == Layout::Neustream {
+            if layout.is_neustream() {
                 let unit = format!(
                     "neustream-relay@{}.service",
                     missing[0].rsplit_once('-').unwrap().0
@@ -201,22 +204,24 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
         let mut left = String::new();
         while now() - t1 < LIMIT {
             crate::check_interrupted();
-            let units = if layout == Layout::Neustream {
+            let units = if layout.is_neustream() {
                 lab.units_in("active,activating,deactivating,reloading")
             } else {
                 0
             };
             let procs = layout.leftover_pids(&lab).len();
-            let env_files = if layout == Layout::Neustream {
+            let env_files = if layout.is_neustream() {
                 let out = lab.machine.run(&["ls", "/run/neustream/streams"]);
                 String::from_utf8_lossy(&out.stdout).lines().count()
             } else {
                 0
             };
             let ends = match layout {
-                Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => {
-                    lab.cp.count("POST", "/api/auth/stream-end") - ends_before
-                }
+                Layout::Neustream
+                | Layout::FfmpegEngine
+                | Layout::V1
+                | Layout::Restreamer
+                | Layout::Seed => lab.cp.count("POST", "/api/auth/stream-end") - ends_before,
                 _ => n,
             };
             let dests: usize = lab
@@ -265,7 +270,11 @@ fn storm(layouts: &[Layout], n: usize) -> Vec<Vec<String>> {
             layout.name().into(),
             secs(spawned),
             match layout {
-                Layout::Neustream | Layout::V1 | Layout::Restreamer | Layout::Seed => format!(
+                Layout::Neustream
+                | Layout::FfmpegEngine
+                | Layout::V1
+                | Layout::Restreamer
+                | Layout::Seed => format!(
                     "{} (half: {})",
                     all_running.map_or(limit.clone(), secs),
                     half_running.map_or(limit.clone(), secs)

@@ -183,7 +183,7 @@ fn one(lab: &Lab, layout: Layout, key: &str) -> Result<Run, String> {
 }
 
 pub fn run(opts: &Opts) -> String {
-    let layouts = Layout::selected(opts);
+    let layouts = Layout::selected_without_v2(opts);
     let lab = Lab::new(
         "ttff",
         Duration::from_millis(5),

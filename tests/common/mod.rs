@@ -17,7 +17,9 @@ pub mod rtmps;
 pub mod scene;
 pub mod slow_link;
 pub mod stack;
+pub mod tls_front;
 pub mod util;
+pub mod wire;
 
 pub use util::{free_port, require_tool, wait_for};
 
