@@ -25,7 +25,7 @@ echo "== apt packages"
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   systemd systemd-container dbus polkitd util-linux \
-  ffmpeg nginx-light libnginx-mod-rtmp curl prometheus \
+  ffmpeg nginx-light libnginx-mod-rtmp libnginx-mod-stream openssl curl prometheus \
   nix-bin ca-certificates >/dev/null
 
 echo "== MediaMTX (built from the Go module proxy, cached in /var/cache/neustream-test)"
