@@ -247,6 +247,7 @@ impl ChunkReader {
         }
     }
 
+    #[cfg(test)]
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size as u32
     }
@@ -275,6 +276,7 @@ impl ChunkReader {
     }
 
     /// Bytes held in unfinished messages.
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.buffered
     }

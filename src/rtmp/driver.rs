@@ -554,10 +554,6 @@ impl Player {
     pub async fn close(self, timeout: Duration) {
         self.conn.close(true, timeout).await
     }
-
-    pub fn stats(&self) -> Stats {
-        self.conn.stats()
-    }
 }
 
 #[cfg(test)]

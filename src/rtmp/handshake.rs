@@ -73,6 +73,7 @@ impl Handshake {
         (hs, c0c1)
     }
 
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.step == Step::Done
     }

@@ -19,9 +19,6 @@
 //! so a future dropped in a `select!` loses nothing; a `send()` dropped half way leaves its batch
 //! queued whole, and the next call (`send`, `closed`, `close`) writes the rest.
 
-// The relay wires this module in; until then parts of its API are unused.
-#![allow(dead_code, unused_imports)]
-
 pub mod amf0;
 pub mod chunk;
 mod driver;

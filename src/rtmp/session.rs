@@ -56,6 +56,8 @@ const STREAM_COMMAND_CSID: u32 = 8;
 
 /// Command messages above this size are refused (real ones are a few hundred bytes).
 const MAX_COMMAND_LEN: usize = 1024 * 1024;
+/// The largest message (and all unfinished ones together) a destination may send us.
+const PUBLISH_MAX_MESSAGE: u32 = 1024 * 1024;
 /// Longest piece of server text (an onStatus description) quoted in an error.
 const MAX_QUOTE: usize = 200;
 
@@ -161,7 +163,7 @@ impl Session {
             ep: ep.clone(),
             step: Step::Handshake,
             handshake: hs,
-            reader: ChunkReader::new(Limits::default()),
+            reader: ChunkReader::new(Self::limits(mode)),
             writer: ChunkWriter::new(),
             chunk_size: chunk_size.clamp(128, 0x00FF_FFFF),
             inbuf: BytesMut::new(),
@@ -176,7 +178,22 @@ impl Session {
         }
     }
 
+    /// What a server may make us hold. A destination (publish) sends only control messages and
+    /// command answers: 1 MiB is plenty, and a relay with many destinations stays small. The
+    /// ingest (play) sends media: keyframes of several MB, the protocol's whole range.
+    fn limits(mode: Mode) -> Limits {
+        match mode {
+            Mode::Publish => Limits {
+                max_message_len: PUBLISH_MAX_MESSAGE,
+                max_buffered: PUBLISH_MAX_MESSAGE as usize,
+                ..Limits::default()
+            },
+            Mode::Play => Limits::default(),
+        }
+    }
+
     /// Bytes to send to the server, taken (the session forgets them).
+    #[cfg(test)]
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
@@ -198,10 +215,7 @@ impl Session {
         self.events.pop_front()
     }
 
-    pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
-    }
-
+    #[cfg(test)]
     pub fn is_live(&self) -> bool {
         self.step == Step::Live
     }

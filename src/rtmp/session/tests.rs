@@ -828,3 +828,22 @@ proptest! {
         let _ = s.eof();
     }
 }
+
+#[test]
+fn a_destination_may_not_make_us_hold_more_than_a_mib() {
+    // A publishing session: a 2 MiB message from the server is refused at its header, before
+    // anything is buffered.
+    let (mut s, mut server) = publishing();
+    let mut bytes = server.set_chunk_size(65_536);
+    bytes.extend(server.message(6, VIDEO, 1, &vec![0u8; 2 << 20])[..70_000].to_vec());
+    let err = s.receive(&bytes).unwrap_err();
+    assert_eq!(err.class, Class::Protocol, "{err}");
+    assert!(err.message.contains("1048576"), "{err}");
+    // Playing, the same message is media and is taken whole.
+    let (mut s, mut server) = playing();
+    let mut bytes = server.set_chunk_size(65_536);
+    bytes.extend(server.message(6, VIDEO, 1, &vec![0x17; 2 << 20]));
+    s.receive(&bytes).unwrap();
+    let media = media_events(&mut s);
+    assert_eq!(media.last().map(|m| m.payload.len()), Some(2 << 20));
+}
