@@ -108,6 +108,8 @@ impl ShapeTracker {
         let v = &mut self.video;
         let codec = VideoCodec::of(packet.codec);
         match packet.role {
+            // An MPEG2TSSequenceStart carries a TS descriptor, no size: keyframes tell.
+            Role::Config if tag.payload[0] & 0x8F == 0x85 => v.set_codec(packet.codec, false),
             Role::Config => {
                 v.set_codec(packet.codec, true);
                 let size = match codec {
@@ -1364,7 +1366,8 @@ mod tests {
         (n[0] >> 1) & 0x3F
     }
 
-    /// Writes bits MSB first, for syntax no encoder here produces.
+    /// Writes bits MSB first, for syntax no encoder here produces (wider than 64 bits: zeros
+    /// first).
     #[derive(Default)]
     struct BitWriter {
         out: Vec<u8>,
@@ -1377,7 +1380,7 @@ mod tests {
                 if self.bits.is_multiple_of(8) {
                     self.out.push(0);
                 }
-                if (value >> i) & 1 == 1 {
+                if i < 64 && (value >> i) & 1 == 1 {
                     *self.out.last_mut().unwrap() |= 0x80 >> (self.bits % 8);
                 }
                 self.bits += 1;
@@ -1690,6 +1693,47 @@ mod tests {
         }
     }
 
+    /// An RBSP as a NAL unit carries it: 0x03 after two zero bytes before a byte <= 3.
+    fn escaped(rbsp: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut zeros = 0;
+        for &b in rbsp {
+            if zeros >= 2 && b <= 3 {
+                out.push(3);
+                zeros = 0;
+            }
+            out.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+        out
+    }
+
+    /// Sub-layers with their own profile and level (which x265 does not write), and a
+    /// conformance window, written by hand: all-zero profile fields need escaping.
+    #[test]
+    fn hevc_sps_with_sub_layer_profiles() {
+        let mut w = BitWriter::default();
+        w.put(4, 0).put(3, 2).put(1, 1); // vps id, max_sub_layers_minus1 2, nesting
+        w.put(88, 0).put(8, 93); // general profile, level 3.1
+        w.put(2, 0b11).put(2, 0b01); // sub-layer 0: profile and level; 1: level
+        w.put(12, 0); // reserved_zero_2bits for sub-layers 2..8
+        w.put(88, 0).put(8, 90).put(8, 90);
+        w.ue(0).ue(1).ue(1920).ue(1088); // sps id, 4:2:0, coded size
+        w.put(1, 1).ue(0).ue(0).ue(0).ue(4); // conformance window: 8 rows at the bottom
+        w.put(8, 0xFF);
+        let mut nal = vec![0x42, 0x01];
+        let rbsp = w.bytes();
+        nal.extend_from_slice(&escaped(&rbsp));
+        assert!(
+            nal.len() > rbsp.len() + 2,
+            "emulation prevention bytes were inserted"
+        );
+        assert_eq!(h265_sps_size(&nal), Some((1920, 1080)));
+        // Another layer's SPS (nuh_layer_id 1) is not the picture's.
+        nal[1] = 0x09;
+        assert_eq!(h265_sps_size(&nal), None);
+    }
+
     #[test]
     fn av1_sizes_from_the_sequence_header() {
         let stream = video(
@@ -1728,6 +1772,15 @@ mod tests {
             tag(Kind::Video, 0, &[&[0x90], b"av01", &placeholder]),
             tag(Kind::Video, 0, &[&[0x81], b"av01", &stream]),
         ]);
+        assert_eq!(size(&t.shape().video), (Some(426), Some(240)));
+        // An MPEG2TSSequenceStart (a TS descriptor) leaves the size alone.
+        let mut t = t;
+        t.push(&tag(
+            Kind::Video,
+            40,
+            &[&[0x95], b"av01", &[0x80, 4, 0x81, 0, 0x0C, 0]],
+        ));
+        assert!(tag(Kind::Video, 40, &[&[0x95], b"av01"]).is_sequence_header());
         assert_eq!(size(&t.shape().video), (Some(426), Some(240)));
     }
 
