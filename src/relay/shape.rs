@@ -1531,7 +1531,7 @@ mod tests {
     }
 
     #[test]
-    fn h264_sizes_with_cropping_chroma_formats_fields_and_scaling_lists() {
+    fn h264_sizes_with_cropping_chroma_formats_and_fields() {
         let cases: &[(&str, &[&str], (u32, u32))] = &[
             // 1088 coded, cropped to 1080.
             ("1920x1080", &["-pix_fmt", "yuv420p"], (1920, 1080)),
