@@ -19,7 +19,7 @@ pub mod slow_link;
 pub mod stack;
 pub mod util;
 
-pub use util::{free_port, require_tool, wait_for};
+pub use util::{free_port, free_udp_port, require_tool, wait_for};
 
 use std::path::PathBuf;
 
