@@ -17,13 +17,21 @@
 #   5. configuration in /etc/neustream, never overwritten: mediamtx.yml, neustream.env and, unless
 #      a configuration exists (neustream.env setting CONTROL_PLANE_URL), a standalone
 #      streams.toml with one stream under a freshly generated key;
-#   6. enables and (re)starts mediamtx.service, and prints what to put into OBS.
+#   6. enables and (re)starts mediamtx.service, and prints what to put into OBS (RTMP, SRT and,
+#      with a certificate, RTMPS).
 # Nothing is installed before everything has been built, downloaded and verified.
 #
 # Options:
 #   --binary PATH      install this neustream binary instead of building one
 #   --mediamtx PATH    install this MediaMTX binary (>= 1.19.3)
 #   --rtmp-port PORT   RTMP port MediaMTX listens on, on all interfaces (default 1935)
+#   --srt-port PORT    SRT port (UDP) MediaMTX listens on, on all interfaces (default 8890)
+#   --rtmps-port PORT  RTMPS port, on all interfaces, used with a certificate (default 1936)
+#   --rtmps-cert PATH  offer RTMPS with this certificate (PEM, full chain) and
+#   --rtmps-key PATH   its private key (PEM): copied to /etc/neustream/tls/rtmps.{crt,key}
+#                      (the key root:mediamtx 0640), replaced when they differ; a new
+#                      mediamtx.yml gets rtmpEncryption "optional" (an existing one is kept:
+#                      set it there). Give them again after a renewal, or copy them there.
 #   --api-port PORT    MediaMTX Control API port, on 127.0.0.1 (default 9997)
 #   --uninstall        stop and remove what install.sh installed; configuration is kept
 # The ports only shape configuration files written by this run; existing ones are kept as they
@@ -55,6 +63,10 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 binary=""
 mediamtx=""
 rtmp_port=1935
+srt_port=8890
+rtmps_port=1936
+rtmps_cert=""
+rtmps_key=""
 api_port=9997
 uninstall=0
 while [[ $# -gt 0 ]]; do
@@ -65,6 +77,14 @@ while [[ $# -gt 0 ]]; do
     --mediamtx=*) mediamtx=${1#*=}; shift ;;
     --rtmp-port) [[ $# -ge 2 ]] || die "--rtmp-port needs a number"; rtmp_port=$2; shift 2 ;;
     --rtmp-port=*) rtmp_port=${1#*=}; shift ;;
+    --srt-port) [[ $# -ge 2 ]] || die "--srt-port needs a number"; srt_port=$2; shift 2 ;;
+    --srt-port=*) srt_port=${1#*=}; shift ;;
+    --rtmps-port) [[ $# -ge 2 ]] || die "--rtmps-port needs a number"; rtmps_port=$2; shift 2 ;;
+    --rtmps-port=*) rtmps_port=${1#*=}; shift ;;
+    --rtmps-cert) [[ $# -ge 2 ]] || die "--rtmps-cert needs a path"; rtmps_cert=$2; shift 2 ;;
+    --rtmps-cert=*) rtmps_cert=${1#*=}; shift ;;
+    --rtmps-key) [[ $# -ge 2 ]] || die "--rtmps-key needs a path"; rtmps_key=$2; shift 2 ;;
+    --rtmps-key=*) rtmps_key=${1#*=}; shift ;;
     --api-port) [[ $# -ge 2 ]] || die "--api-port needs a number"; api_port=$2; shift 2 ;;
     --api-port=*) api_port=${1#*=}; shift ;;
     --uninstall) uninstall=1; shift ;;
@@ -75,10 +95,15 @@ done
 
 [[ $(id -u) -eq 0 ]] || die "run it as root: sudo ./install.sh"
 [[ -d /run/systemd/system ]] || die "systemd is not running here (it runs MediaMTX and the relays)"
-for port in "$rtmp_port" "$api_port"; do
-  [[ $port =~ ^[0-9]+$ ]] && (( port >= 1 && port <= 65535 )) || die "'$port' is not a TCP port"
+for port in "$rtmp_port" "$api_port" "$srt_port" "$rtmps_port"; do
+  [[ $port =~ ^[0-9]+$ ]] && (( port >= 1 && port <= 65535 )) || die "'$port' is not a port"
 done
 [[ $rtmp_port != "$api_port" ]] || die "--rtmp-port and --api-port must differ"
+[[ $rtmps_port != "$rtmp_port" && $rtmps_port != "$api_port" ]] ||
+  die "--rtmps-port must differ from --rtmp-port and --api-port"
+if [[ -n $rtmps_cert || -n $rtmps_key ]]; then
+  [[ -n $rtmps_cert && -n $rtmps_key ]] || die "--rtmps-cert and --rtmps-key go together"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Uninstall: what the manifest lists, after stopping what runs from it.
@@ -132,6 +157,12 @@ else
 fi
 if [[ -n $mediamtx ]]; then
   [[ -f $mediamtx && -x $mediamtx ]] || die "--mediamtx $mediamtx is not an executable file"
+fi
+if [[ -n $rtmps_cert ]]; then
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$rtmps_cert" 2>/dev/null ||
+    die "--rtmps-cert $rtmps_cert is not a PEM certificate file"
+  grep -Eq -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' "$rtmps_key" 2>/dev/null ||
+    die "--rtmps-key $rtmps_key is not a PEM private key file"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +334,14 @@ install -d -m 0755 "$CONF_DIR"
 cp "$SRC/mediamtx.yml" "$STAGE/mediamtx.yml"
 set_line "$STAGE/mediamtx.yml" "rtmpAddress: :1935" "rtmpAddress: :$rtmp_port"
 set_line "$STAGE/mediamtx.yml" "apiAddress: 127.0.0.1:9997" "apiAddress: 127.0.0.1:$api_port"
+set_line "$STAGE/mediamtx.yml" "srtAddress: :8890" "srtAddress: :$srt_port"
+set_line "$STAGE/mediamtx.yml" "rtmpsAddress: :1936" "rtmpsAddress: :$rtmps_port"
+if [[ -n $rtmps_cert ]]; then
+  set_line "$STAGE/mediamtx.yml" 'rtmpEncryption: "no"' 'rtmpEncryption: "optional"'
+  # Before mediamtx.yml: MediaMTX refuses to start with RTMPS on and no certificate.
+  put "$rtmps_cert" "$CONF_DIR/tls/rtmps.crt" 0644 root:root
+  put "$rtmps_key" "$CONF_DIR/tls/rtmps.key" 0640 root:mediamtx
+fi
 cp "$SRC/.env.example" "$STAGE/neustream.env"
 set_line "$STAGE/neustream.env" "NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:1935" \
   "NEUSTREAM_INGEST_URL=rtmp://127.0.0.1:$rtmp_port"
@@ -312,6 +351,10 @@ mediamtx_config_new=0
 [[ -e $CONF_DIR/mediamtx.yml ]] || mediamtx_config_new=1
 config "$STAGE/mediamtx.yml" "$CONF_DIR/mediamtx.yml" 0644 root:root
 config "$STAGE/neustream.env" "$CONF_DIR/neustream.env" 0640 root:mediamtx
+if [[ -n $rtmps_cert ]] && ! grep -qxE 'rtmpEncryption: "?optional"?' "$CONF_DIR/mediamtx.yml"; then
+  note "RTMPS: the certificate is in $CONF_DIR/tls; set rtmpEncryption: \"optional\" in"
+  note "$CONF_DIR/mediamtx.yml (kept as it was) and restart mediamtx.service to offer it"
+fi
 
 new_key=""
 if grep -Eq '^[[:space:]]*CONTROL_PLANE_URL=[^[:space:]]' "$CONF_DIR/neustream.env"; then
@@ -392,6 +435,10 @@ fi
 # What next
 
 port=$(sed -n 's/^rtmpAddress: *.*:\([0-9]*\)$/\1/p' "$CONF_DIR/mediamtx.yml" | head -n 1)
+srt=$(sed -n 's/^srt: *//p' "$CONF_DIR/mediamtx.yml" | head -n 1)
+srt_at=$(sed -n 's/^srtAddress: *.*:\([0-9]*\)$/\1/p' "$CONF_DIR/mediamtx.yml" | head -n 1)
+rtmps=$(sed -n 's/^rtmpEncryption: *"\{0,1\}\([a-z]*\)"\{0,1\}$/\1/p' "$CONF_DIR/mediamtx.yml" | head -n 1)
+rtmps_at=$(sed -n 's/^rtmpsAddress: *.*:\([0-9]*\)$/\1/p' "$CONF_DIR/mediamtx.yml" | head -n 1)
 host=$(hostname -I 2>/dev/null | awk '{print $1}')
 host=${host:-<this host>}
 echo
@@ -401,6 +448,13 @@ else
   log "Neustream is up to date and MediaMTX is running (nothing changed)"
 fi
 note "OBS → Settings → Stream: Service 'Custom', Server rtmp://$host:$port/live"
+if [[ $rtmps == optional || $rtmps == strict ]]; then
+  note "  or RTMPS: Server rtmps://<the certificate's host name>:$rtmps_at/live"
+fi
+if [[ $srt == yes || $srt == true ]]; then
+  note "  or SRT (OBS: Service 'Custom', Server srt://$host:$srt_at?streamid=publish:live/<stream key>,"
+  note "  Stream Key empty; open UDP port $srt_at)"
+fi
 if [[ -n $new_key ]]; then
   note "Stream key: $new_key"
   note "Next: add destinations to $CONF_DIR/streams.toml (no restart needed), check it with"

@@ -158,7 +158,11 @@ let
     else
       "http://${apiAddress}";
 
-  privilegedPort = cfg.rtmpPort < 1024;
+  rtmpsKeyString = toString cfg.rtmps.key; # never "${...}": that would copy a secret to the store
+  privilegedPort =
+    cfg.rtmpPort < 1024
+    || (cfg.rtmps.enable && cfg.rtmps.port < 1024)
+    || (cfg.srt.enable && cfg.srt.port < 1024);
 
   environmentFileString = toString cfg.environmentFile; # never "${...}": that would copy a path
   streamsFileString = toString cfg.streamsFile;
@@ -232,7 +236,56 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Whether to open {option}`services.neustream.rtmpPort` in the firewall.";
+      description = ''
+        Whether to open the ingest ports in the firewall: {option}`services.neustream.rtmpPort`
+        (TCP), {option}`services.neustream.rtmps.port` (TCP) when RTMPS is on and
+        {option}`services.neustream.srt.port` (UDP) when SRT is on.
+      '';
+    };
+
+    srt = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether MediaMTX accepts SRT publishers (OBS's SRT output, BELABOX, Moblin, Larix...)
+          at `srt://<host>:<port>?streamid=publish:live/<key>`, through the same hooks, key
+          check and kick as RTMP.
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 8890;
+        description = "UDP port of MediaMTX's SRT listener (`srtAddress`).";
+      };
+    };
+
+    rtmps = {
+      enable = lib.mkEnableOption ''
+        RTMPS publishing beside plain RTMP (MediaMTX `rtmpEncryption: optional`) at
+        `rtmps://<host>:<port>/live/<key>`, with {option}`services.neustream.rtmps.certificate`
+        and {option}`services.neustream.rtmps.key`'';
+      port = mkOption {
+        type = types.port;
+        default = 1936;
+        description = "TCP port of MediaMTX's RTMPS listener (`rtmpsAddress`).";
+      };
+      certificate = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/acme/ingest.example.net/fullchain.pem";
+        description = "The RTMPS certificate with its chain, PEM (`rtmpServerCert`). MediaMTX re-reads it when it changes.";
+      };
+      key = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/acme/ingest.example.net/key.pem";
+        description = ''
+          The certificate's private key, PEM (`rtmpServerKey`), readable by the `mediamtx` user
+          (e.g. `security.acme.certs.<name>.group = "mediamtx"`). A string naming a file outside
+          the Nix store: the module refuses a store path or a Nix path value.
+        '';
+      };
     };
 
     reconcile.interval = mkOption {
@@ -456,6 +509,24 @@ in
         message = "services.neustream.settings.NEUSTREAM_INGEST_URL (${cfg.settings.NEUSTREAM_INGEST_URL}) must be an rtmp:// URL on services.neustream.rtmpPort (${portString}), where MediaMTX listens: the relays read the streams from it.";
       }
       {
+        assertion = !cfg.rtmps.enable || (cfg.rtmps.certificate != null && cfg.rtmps.key != null);
+        message = ''services.neustream.rtmps.enable is set, but MediaMTX cannot start RTMPS without a certificate: set services.neustream.rtmps.certificate and services.neustream.rtmps.key (e.g. "/var/lib/acme/<host>/fullchain.pem" and "/var/lib/acme/<host>/key.pem").'';
+      }
+      {
+        assertion = !(builtins.isPath cfg.rtmps.key);
+        message = ''services.neustream.rtmps.key is a Nix path value (${rtmpsKeyString}), which would copy the private key into the world-readable Nix store: give the file's name as a string, e.g. key = "/var/lib/acme/<host>/key.pem";'';
+      }
+      {
+        assertion = cfg.rtmps.key == null || !(lib.hasPrefix "${builtins.storeDir}/" rtmpsKeyString);
+        message = "services.neustream.rtmps.key (${rtmpsKeyString}) is in the Nix store, which is world-readable: keep the private key outside the store, readable by the mediamtx user.";
+      }
+      {
+        assertion =
+          !cfg.rtmps.enable
+          || (cfg.rtmps.port != cfg.rtmpPort && !(cfg.metrics.enable && cfg.rtmps.port == cfg.metrics.port));
+        message = "services.neustream.rtmps.port (${toString cfg.rtmps.port}) must differ from services.neustream.rtmpPort and the metrics port.";
+      }
+      {
         assertion = (mtx.settings.rtmp or true) != false;
         message = "services.mediamtx.settings.rtmp is false, but Neustream publishers and relays use RTMP: remove that setting.";
       }
@@ -492,6 +563,42 @@ in
       settings = {
         rtmp = lib.mkDefault true;
         rtmpAddress = lib.mkDefault ":${portString}";
+        # RTMPS beside plain RTMP (the relays read plain RTMP on loopback: never "strict").
+        rtmpEncryption = lib.mkDefault (if cfg.rtmps.enable then "optional" else "no");
+        rtmpsAddress = lib.mkDefault ":${toString cfg.rtmps.port}";
+        rtmpServerCert = lib.mkIf cfg.rtmps.enable (lib.mkDefault cfg.rtmps.certificate);
+        rtmpServerKey = lib.mkIf cfg.rtmps.enable (lib.mkDefault rtmpsKeyString);
+        srt = lib.mkDefault cfg.srt.enable;
+        srtAddress = lib.mkDefault ":${toString cfg.srt.port}";
+        # As the shipped mediamtx.yml: anyone may publish on live/<key> (the key is checked by
+        # the hook, which kicks refused publishers); only this host reads streams (the relays)
+        # and uses the Control API (the kick).
+        authMethod = lib.mkDefault "internal";
+        authInternalUsers = lib.mkDefault [
+          {
+            user = "any";
+            pass = "";
+            ips = [ ];
+            permissions = [
+              {
+                action = "publish";
+                path = livePath;
+              }
+            ];
+          }
+          {
+            user = "any";
+            pass = "";
+            ips = [
+              "127.0.0.1"
+              "::1"
+            ];
+            permissions = [
+              { action = "read"; }
+              { action = "api"; }
+            ];
+          }
+        ];
         # The hooks kick rejected publishers through the Control API: loopback only.
         api = lib.mkDefault true;
         apiAddress = lib.mkDefault "127.0.0.1:9997";
@@ -634,8 +741,13 @@ in
       wantedBy = [ "timers.target" ];
     };
 
+    networking.firewall.allowedUDPPorts = lib.optionals (cfg.openFirewall && cfg.srt.enable) [
+      cfg.srt.port
+    ];
     networking.firewall.allowedTCPPorts =
-      lib.optionals cfg.openFirewall [ cfg.rtmpPort ]
+      lib.optionals cfg.openFirewall (
+        [ cfg.rtmpPort ] ++ lib.optionals cfg.rtmps.enable [ cfg.rtmps.port ]
+      )
       ++ lib.optionals (cfg.metrics.enable && cfg.metrics.openFirewall) [ cfg.metrics.port ];
   }
 

@@ -11,7 +11,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 pub enum MediaMtxError {
     #[error("MediaMTX API URL '{0}' is not an http:// URL")]
     BadUrl(String),
-    #[error("cannot kick a publisher of source type '{0}' (MTX_SOURCE_TYPE); expected rtmpConn, rtspSession, rtspsSession, srtConn or webRTCSession")]
+    #[error("cannot kick a publisher of source type '{0}' (MTX_SOURCE_TYPE); expected rtmpConn, rtmpsConn, rtspSession, rtspsSession, srtConn or webRTCSession")]
     SourceType(String),
     #[error("cannot kick the publisher: MTX_SOURCE_ID is empty")]
     NoSourceId,
@@ -106,10 +106,13 @@ pub async fn publishers(api_url: &str) -> Result<HashMap<String, String>, MediaM
     }
 }
 
-/// The Control API collection of a publisher's connection type.
+/// The Control API collection of a publisher's connection type (MTX_SOURCE_TYPE). These names
+/// exist from MediaMTX 1.0 to 1.21 (1.21 adds `rtmp/conns` etc. and keeps these). RTMPS
+/// connections live in their own server, so in `rtmpsconns`: `rtmpconns` answers 404 for them.
 fn collection(source_type: &str) -> Option<&'static str> {
     Some(match source_type {
-        "rtmpConn" | "rtmpsConn" => "rtmpconns",
+        "rtmpConn" => "rtmpconns",
+        "rtmpsConn" => "rtmpsconns",
         "rtspSession" => "rtspsessions",
         "rtspsSession" => "rtspssessions",
         "srtConn" => "srtconns",
@@ -211,6 +214,32 @@ mod tests {
             server.join().unwrap(),
             "POST /v3/rtmpconns/kick/6f1c HTTP/1.1"
         );
+    }
+
+    /// Each publisher type is kicked in its own collection: an SRT publisher (OBS's SRT output,
+    /// IRL encoders) in `srtconns`, an RTMPS one in `rtmpsconns` (MediaMTX's RTMPS server is
+    /// not its RTMP server: `rtmpconns` does not know its connections).
+    #[test]
+    fn kicks_each_source_type_in_its_collection() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (source_type, collection) in [
+            ("srtConn", "srtconns"),
+            ("rtmpsConn", "rtmpsconns"),
+            ("rtspSession", "rtspsessions"),
+            ("rtspsSession", "rtspssessions"),
+            ("webRTCSession", "webrtcsessions"),
+        ] {
+            let (url, server) = one_shot(200);
+            rt.block_on(kick(&url, source_type, "9a2b")).unwrap();
+            assert_eq!(
+                server.join().unwrap(),
+                format!("POST /v3/{collection}/kick/9a2b HTTP/1.1"),
+                "{source_type}"
+            );
+        }
     }
 
     #[test]

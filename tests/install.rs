@@ -7,7 +7,7 @@
 //! The neustream binary is the one cargo built for the tests (`--binary`); MediaMTX is the
 //! cached build of tests/support/build-mediamtx.sh (`--mediamtx`, and packed as the release
 //! tarball). The machine shares the host's network: MediaMTX gets free ports
-//! (`--rtmp-port`, `--api-port`), and apt is not needed (the host has every package).
+//! (`--rtmp-port`, `--api-port`, `--srt-port`), and apt is not needed (the host has every package).
 
 mod common;
 
@@ -58,6 +58,8 @@ struct Host {
     mediamtx: String,
     rtmp_port: u16,
     api_port: u16,
+    /// UDP.
+    srt_port: u16,
 }
 
 impl Host {
@@ -71,12 +73,14 @@ impl Host {
         self.machine.run_env(None, &vars, &argv)
     }
 
-    fn ports(&self) -> [String; 4] {
+    fn ports(&self) -> [String; 6] {
         [
             "--rtmp-port".into(),
             self.rtmp_port.to_string(),
             "--api-port".into(),
             self.api_port.to_string(),
+            "--srt-port".into(),
+            self.srt_port.to_string(),
         ]
     }
 
@@ -205,6 +209,7 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
         mediamtx: mediamtx.to_str().unwrap().into(),
         rtmp_port: common::free_port(),
         api_port: common::free_port(),
+        srt_port: common::free_udp_port(),
         machine,
     };
     let everything: Vec<&str> = INSTALLED.iter().chain(CONFIG.iter()).copied().collect();
@@ -286,6 +291,15 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
         said.contains("Server rtmp://") && said.contains(&format!(":{}/live", host.rtmp_port)),
         "{said}"
     );
+    // SRT is offered too, on the port given (RTMPS waits for a certificate).
+    assert!(
+        said.contains(&format!(
+            ":{}?streamid=publish:live/<stream key>",
+            host.srt_port
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("rtmps://"), "{said}");
     let generated = said
         .lines()
         .find_map(|l| l.trim().strip_prefix("Stream key: "))

@@ -301,13 +301,20 @@ fn obs_reconnect_after_a_dropped_connection() {
     });
 }
 
-/// (d) The shipped mediamtx.yml is what runs, changed only in its two listen addresses; MediaMTX
-/// finds it valid, warns about nothing, and serves only RTMP and the loopback API; publishing
-/// outside live/<key> is refused before any hook runs.
+/// (d) The shipped mediamtx.yml is what runs, changed only in its listen addresses; MediaMTX
+/// finds it valid, warns about nothing, and serves only RTMP, SRT and the loopback API (RTMPS
+/// waits for the operator's certificate); publishing outside live/<key> is refused before any
+/// hook runs.
 #[test]
 fn shipped_config_runs_without_warnings() {
     let shipped = mtx::shipped_config();
-    let adapted = mtx::adapt(&shipped, 19350, 19970);
+    let ports = mtx::Ports {
+        rtmp: 19350,
+        api: 19970,
+        srt: 18890,
+        rtmps: 19360,
+    };
+    let adapted = mtx::adapt(&shipped, ports);
     let changed: Vec<(&str, &str)> = shipped
         .lines()
         .zip(adapted.lines())
@@ -318,6 +325,8 @@ fn shipped_config_runs_without_warnings() {
         [
             ("apiAddress: 127.0.0.1:9997", "apiAddress: 127.0.0.1:19970"),
             ("rtmpAddress: :1935", "rtmpAddress: 127.0.0.1:19350"),
+            ("rtmpsAddress: :1936", "rtmpsAddress: 127.0.0.1:19360"),
+            ("srtAddress: :8890", "srtAddress: 127.0.0.1:18890"),
         ]
     );
     assert_eq!(shipped.lines().count(), adapted.lines().count());
@@ -352,11 +361,19 @@ fn shipped_config_runs_without_warnings() {
         m.ok(&["cat", "/etc/neustream/mediamtx.yml"]),
         s.ingest.config
     );
+    let rtmps_port = s
+        .ingest
+        .config
+        .lines()
+        .find_map(|l| l.strip_prefix("rtmpsAddress: 127.0.0.1:"))
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(&s.ingest.config_path).unwrap(),
         adapted
             .replace("19350", &s.ingest.rtmp_port.to_string())
             .replace("19970", &s.ingest.api_port.to_string())
+            .replace("18890", &s.ingest.srt_port.to_string())
+            .replace("19360", rtmps_port)
     );
 
     let own = s.ingest.own_log();
@@ -371,9 +388,11 @@ fn shipped_config_runs_without_warnings() {
         .collect();
     assert_eq!(
         listeners.len(),
-        2,
-        "only RTMP and the API listen: {listeners:#?}"
+        3,
+        "only RTMP, SRT and the API listen (RTMPS waits for a certificate): {listeners:#?}"
     );
+    assert!(listeners.iter().any(|l| l.contains("[SRT]")
+        && l.contains(&format!("127.0.0.1:{} (UDP/SRT)", s.ingest.srt_port))));
     assert!(listeners
         .iter()
         .any(|l| l.contains("[RTMP]") && l.contains(&format!("127.0.0.1:{}", s.ingest.rtmp_port))));
@@ -462,4 +481,220 @@ fn obs_reconnect_within_the_grace_keeps_every_destination_session() {
         s.relay_log(key)
     );
     new.stop();
+}
+
+/// Waits for the one publisher of live/<key> in `collection` (`srtconns`, `rtmpsconns`); its id.
+fn publisher_in(s: &Scene, collection: &str, key: &str) -> String {
+    common::wait_for(Duration::from_secs(15), ms(50), || {
+        let ids = s.ingest.publishers_in(collection, key);
+        (ids.len() == 1).then(|| ids[0].clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no publisher on live/{key} in {collection}\n{}",
+            s.ingest.log()
+        )
+    })
+}
+
+/// The stream's own env file names the publisher as MediaMTX does; then `stop` ends it: the
+/// relay stops and the Control Plane hears of the end exactly once.
+fn relayed_then_ended(s: &Scene, key: &str, source_type: &str, id: &str, stop: impl FnOnce()) {
+    s.wait_relay(key, "active", Duration::from_secs(20));
+    s.wait_receiving(key, &[0, 0, 0], 60);
+    for (i, dest) in s.dests.iter().enumerate() {
+        let got = probe_dest(dest, &dest_key(key, i));
+        assert_eq!(
+            (got.video_codec.as_str(), got.audio_codec.as_str()),
+            ("h264", "aac"),
+            "destination {i}: {got:?}"
+        );
+        assert!(got.audio_packets > 0, "destination {i} got no audio");
+    }
+    assert_eq!(
+        s.ingest
+            .env_var(key, "NEUSTREAM_MTX_SOURCE_TYPE")
+            .as_deref(),
+        Some(source_type)
+    );
+    assert_eq!(
+        s.ingest.env_var(key, "NEUSTREAM_MTX_SOURCE_ID").as_deref(),
+        Some(id)
+    );
+    // The relay reads every protocol's stream back over plain RTMP on loopback.
+    assert_eq!(
+        s.ingest.env_var(key, "NEUSTREAM_SOURCE_URL"),
+        Some(format!(
+            "rtmp://127.0.0.1:{}/live/{key}",
+            s.ingest.rtmp_port
+        ))
+    );
+    assert_eq!(s.sessions(key), ["auth"]);
+
+    stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+    let ended = common::wait_for(Duration::from_secs(15), ms(50), || {
+        (s.cp.count_for("POST", STREAM_END, key) > 0).then_some(())
+    });
+    assert!(ended.is_some(), "no stream-end\n{}", s.ingest.log());
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    std::thread::sleep(ms(1000));
+    assert_eq!(s.sessions(key), ["auth", "end"], "{}", s.ingest.log());
+    assert_eq!(s.ingest.env_file(key), None);
+    assert!(s.ingest.active_relays().is_empty());
+}
+
+fn probe_dest(dest: &common::nginx::RtmpServer, name: &str) -> common::media::Received {
+    common::media::probe(&dest.recording(name)).unwrap_or_default()
+}
+
+/// (e) SRT ingest, as OBS's SRT output and IRL encoders publish (MPEG-TS over SRT, stream id
+/// `publish:live/<key>`, H.264 + AAC): the same hook checks the key, the relay reads it back
+/// over RTMP and every destination gets video and audio; the end is reported once.
+#[test]
+fn srt_publish_is_relayed_and_its_end_reported_once() {
+    let s = Scene::start("srt", mtx::VERSION, HookNames::Shipped);
+    let key = "srt_key_1";
+    s.add_stream(key);
+    let mut feed = s.publish_srt(key);
+    let id = publisher_in(&s, "srtconns", key);
+    relayed_then_ended(&s, key, "srtConn", &id, || feed.stop());
+    s.assert_no_warnings(&[]);
+}
+
+/// (f) An unknown key over SRT: the hook asks the Control Plane, which refuses it, and kicks
+/// the publisher through `/v3/srtconns/kick/<id>`: its connection is gone from MediaMTX and
+/// the encoder sees it close; no relay unit, nothing at any destination, no stream-end.
+#[test]
+fn srt_publisher_of_an_unknown_key_is_kicked() {
+    let s = Scene::start("srt-kick", mtx::VERSION, HookNames::Shipped);
+    let bad = "srt_unknown_9";
+    let mut feed = s.publish_srt(bad);
+    let start = Instant::now();
+    let (mut decided, mut seen, mut gone, mut exited) = (None, None, None, None);
+    while start.elapsed() < Duration::from_secs(30) && (gone.is_none() || exited.is_none()) {
+        let now = Instant::now();
+        if decided.is_none() && s.cp.count_for("POST", AUTH, bad) > 0 {
+            decided = Some(now);
+        }
+        let on_path = s.ingest.publishers_in("srtconns", bad);
+        if seen.is_none() && !on_path.is_empty() {
+            seen = Some(on_path[0].clone());
+        }
+        if seen.is_some() && on_path.is_empty() && gone.is_none() {
+            gone = Some(now);
+        }
+        if exited.is_none() && feed.exited().is_some() {
+            exited = Some(now);
+        }
+        std::thread::sleep(ms(20));
+    }
+    let decided = decided.expect("the hook never asked the Control Plane about the key");
+    let id = seen.unwrap_or_else(|| {
+        panic!(
+            "MediaMTX never listed the SRT publisher\n{}",
+            s.ingest.log()
+        )
+    });
+    let gone = gone.unwrap_or_else(|| panic!("SRT publisher not dropped\n{}", s.ingest.log()));
+    eprintln!(
+        "SRT kick: connection gone from MediaMTX {:?} after the Control Plane refused the key; \
+         the encoder exited {:?} after the refusal",
+        gone.saturating_duration_since(decided),
+        exited.map(|e| e.saturating_duration_since(decided))
+    );
+    assert!(
+        gone.saturating_duration_since(decided) < Duration::from_secs(2),
+        "{}",
+        s.ingest.log()
+    );
+    assert!(
+        exited.is_some(),
+        "the SRT encoder did not notice the disconnection within 30 s"
+    );
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    let log = s.ingest.log();
+    assert!(
+        log.contains(&format!("{bad}: publisher {id} disconnected")),
+        "{log}"
+    );
+    assert!(!log.contains("failed to disconnect"), "{log}");
+    let never = s.relay(
+        bad,
+        &["ActiveState", "InactiveExitTimestampMonotonic", "NRestarts"],
+    );
+    assert_eq!(never["ActiveState"], "inactive", "{never:?}");
+    assert_eq!(never["InactiveExitTimestampMonotonic"], "0", "{never:?}");
+    assert!(s.ingest.active_relays().is_empty());
+    assert_eq!(s.ingest.env_file(bad), None);
+    assert_eq!(s.frames(bad), [0, 0, 0]);
+    assert_eq!(s.cp.count_for("POST", STREAM_END, bad), 0);
+    s.assert_no_warnings(&[]);
+}
+
+/// (g) RTMPS, offered as mediamtx.yml says (the operator's certificate and key at
+/// /etc/neustream/tls, `rtmpEncryption: "optional"`): OBS publishing rtmps://host:1936/live/<key>
+/// is relayed like RTMP, and its end reported once; plain RTMP still works beside it.
+#[test]
+fn rtmps_publish_is_relayed_like_rtmp() {
+    let s = Scene::start_rtmps("rtmps");
+    let own = s.ingest.own_log();
+    assert!(
+        own.contains(&format!(
+            "[RTMPS] started with listener on 127.0.0.1:{}",
+            s.ingest.rtmps_port.unwrap()
+        )),
+        "{own}"
+    );
+    let key = "rtmps_key_1";
+    s.add_stream(key);
+    let mut feed = s.publish_rtmps(key, "a");
+    let id = publisher_in(&s, "rtmpsconns", key);
+    relayed_then_ended(&s, key, "rtmpsConn", &id, || feed.stop());
+
+    let plain = "plain_beside_rtmps";
+    s.add_stream(plain);
+    let mut feed = s.publish(plain, "plain");
+    s.wait_relay(plain, "active", Duration::from_secs(20));
+    s.wait_receiving(plain, &[0, 0, 0], 30);
+    feed.stop();
+    s.wait_relay(plain, "inactive", Duration::from_secs(15));
+    s.assert_no_warnings(&[]);
+}
+
+/// (h) An unknown key over RTMPS is kicked through `/v3/rtmpsconns/kick/<id>` (RTMPS
+/// connections are not in `rtmpconns`).
+#[test]
+fn rtmps_publisher_of_an_unknown_key_is_kicked() {
+    let s = Scene::start_rtmps("rtmps-kick");
+    let bad = "rtmps_unknown_3";
+    let mut feed = s.publish_rtmps(bad, "bad");
+    // The refusal is quick (the double answers at once): the connection may be gone before a
+    // poll of the API sees it, so the kick is read in the logs.
+    let exited = common::wait_for(Duration::from_secs(20), ms(50), || feed.exited());
+    assert!(
+        exited.is_some(),
+        "the RTMPS publisher was not disconnected\n{}",
+        s.ingest.log()
+    );
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
+    let log = s.ingest.log();
+    assert_eq!(s.cp.count_for("POST", AUTH, bad), 1, "{log}");
+    assert!(
+        log.contains(&format!("{bad}: publisher ")) && log.contains(" disconnected"),
+        "{log}"
+    );
+    assert!(!log.contains("failed to disconnect"), "{log}");
+    // MediaMTX's RTMPS server closed it on the API's kick ("terminated"), not on an error.
+    assert!(
+        s.ingest
+            .own_log()
+            .lines()
+            .any(|l| l.contains("[RTMPS] [conn") && l.contains("closed: terminated")),
+        "{log}"
+    );
+    assert!(s.ingest.publishers_in("rtmpsconns", bad).is_empty());
+    assert!(s.ingest.active_relays().is_empty());
+    assert_eq!(s.frames(bad), [0, 0, 0]);
+    assert_eq!(s.cp.count_for("POST", STREAM_END, bad), 0);
 }

@@ -72,7 +72,15 @@ impl Publisher {
         Publisher { child }
     }
 
+    /// Its exit status, once it has exited (e.g. its server closed the connection).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let done = super::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
             self.child.try_wait().ok().flatten()

@@ -48,20 +48,68 @@ fn replace_line(text: &str, from: &str, to: &str) -> String {
         + "\n"
 }
 
-/// The shipped configuration with its RTMP and API listeners moved to free loopback ports:
-/// the only change a test makes.
-pub fn adapt(shipped: &str, rtmp_port: u16, api_port: u16) -> String {
-    let text = replace_line(
-        shipped,
-        "rtmpAddress: :1935",
-        &format!("rtmpAddress: 127.0.0.1:{rtmp_port}"),
-    );
+/// Where a test's MediaMTX listens, all on 127.0.0.1.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub rtmp: u16,
+    pub api: u16,
+    /// UDP.
+    pub srt: u16,
+    /// Used only with RTMPS on ([`with_rtmps`]).
+    pub rtmps: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports {
+            rtmp: super::free_port(),
+            api: super::free_port(),
+            srt: super::free_udp_port(),
+            rtmps: super::free_port(),
+        }
+    }
+}
+
+/// The shipped configuration with its RTMP, RTMPS, SRT and API listeners moved to free loopback
+/// ports: the only change a test makes.
+pub fn adapt(shipped: &str, ports: Ports) -> String {
+    let mut text = shipped.to_string();
+    for (from, to) in [
+        (
+            "rtmpAddress: :1935",
+            format!("rtmpAddress: 127.0.0.1:{}", ports.rtmp),
+        ),
+        (
+            "rtmpsAddress: :1936",
+            format!("rtmpsAddress: 127.0.0.1:{}", ports.rtmps),
+        ),
+        (
+            "srtAddress: :8890",
+            format!("srtAddress: 127.0.0.1:{}", ports.srt),
+        ),
+        (
+            "apiAddress: 127.0.0.1:9997",
+            format!("apiAddress: 127.0.0.1:{}", ports.api),
+        ),
+    ] {
+        text = replace_line(&text, from, &to);
+    }
+    text
+}
+
+/// What mediamtx.yml tells operators to do to offer RTMPS, once the certificate and key are at
+/// the paths it names (installed there by [`Ingest::start_rtmps`]).
+pub fn with_rtmps(config: &str) -> String {
     replace_line(
-        &text,
-        "apiAddress: 127.0.0.1:9997",
-        &format!("apiAddress: 127.0.0.1:{api_port}"),
+        config,
+        "rtmpEncryption: \"no\"",
+        "rtmpEncryption: \"optional\"",
     )
 }
+
+/// Where the shipped mediamtx.yml looks for the RTMPS certificate and key.
+pub const RTMPS_CERT: &str = "/etc/neustream/tls/rtmps.crt";
+pub const RTMPS_KEY: &str = "/etc/neustream/tls/rtmps.key";
 
 /// What docs/mediamtx.md tells operators of MediaMTX < 1.19.3 to do: the hooks' old names.
 pub fn with_old_hook_names(config: &str) -> String {
@@ -92,21 +140,30 @@ pub struct Ingest {
     pub version: String,
     pub rtmp_port: u16,
     pub api_port: u16,
+    /// MediaMTX's SRT listener (UDP).
+    pub srt_port: u16,
+    /// MediaMTX's RTMPS listener, if RTMPS is on ([`Ingest::start_rtmps`]).
+    pub rtmps_port: Option<u16>,
     /// The configuration MediaMTX runs with (on the host: `<machine dir>/mediamtx.yml`).
     pub config: String,
     pub config_path: PathBuf,
     settings: String,
     options: Options,
+    /// The RTMPS certificate and key installed at [`RTMPS_CERT`] and [`RTMPS_KEY`].
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A machine with MediaMTX `version` installed as the README installs it (the machine's root
-/// is a throw-away overlay), with `config` and the hooks' `settings`, and MediaMTX started.
+/// is a throw-away overlay), with `config` and the hooks' `settings`, the RTMPS certificate and
+/// key if any (as the operator installs them: the key readable by group mediamtx only), and
+/// MediaMTX started.
 fn install(
     label: &str,
     version: &str,
     config: &str,
     settings: &str,
     options: &Options,
+    tls: Option<&(PathBuf, PathBuf)>,
 ) -> (Machine, PathBuf) {
     let binary = binary(version);
     let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
@@ -136,6 +193,13 @@ fn install(
         s,
         SETTINGS_FILE,
     ]);
+    if let Some((cert, key)) = tls {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        machine.ok(&["install", "-D", "-m", "0644", cert, RTMPS_CERT]);
+        machine.ok(&[
+            "install", "-D", "-m", "0640", "-o", "root", "-g", "mediamtx", key, RTMPS_KEY,
+        ]);
+    }
     machine.ok(&["systemctl", "start", UNIT]);
     (machine, config_path)
 }
@@ -156,10 +220,42 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
     ) -> Ingest {
-        let (rtmp_port, api_port) = (super::free_port(), super::free_port());
-        let mut config = adapt(&shipped_config(), rtmp_port, api_port);
+        Self::start_full(label, version, names, control_plane_url, options, None)
+    }
+
+    /// Like `start`, with RTMPS offered as mediamtx.yml says: `certificate` (certificate, key)
+    /// installed at the paths it names and `rtmpEncryption: "optional"`.
+    pub fn start_rtmps(
+        label: &str,
+        control_plane_url: &str,
+        certificate: &(PathBuf, PathBuf),
+    ) -> Ingest {
+        Self::start_full(
+            label,
+            VERSION,
+            HookNames::Shipped,
+            control_plane_url,
+            Options::default(),
+            Some(certificate.clone()),
+        )
+    }
+
+    fn start_full(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        control_plane_url: &str,
+        options: Options,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Ingest {
+        let ports = Ports::free();
+        let (rtmp_port, api_port) = (ports.rtmp, ports.api);
+        let mut config = adapt(&shipped_config(), ports);
         if names == HookNames::Old {
             config = with_old_hook_names(&config);
+        }
+        if tls.is_some() {
+            config = with_rtmps(&config);
         }
         let settings = format!(
             "CONTROL_PLANE_URL={control_plane_url}\n\
@@ -167,16 +263,20 @@ impl Ingest {
              NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n\
              NEUSTREAM_RECONNECT_GRACE=0\n"
         );
-        let (machine, config_path) = install(label, version, &config, &settings, &options);
+        let (machine, config_path) =
+            install(label, version, &config, &settings, &options, tls.as_ref());
         let ingest = Ingest {
             machine,
             version: version.to_string(),
             rtmp_port,
             api_port,
+            srt_port: ports.srt,
+            rtmps_port: tls.is_some().then_some(ports.rtmps),
             config,
             config_path,
             settings,
             options,
+            tls,
         };
         ingest.wait_listening();
         ingest
@@ -203,6 +303,7 @@ impl Ingest {
             &self.config,
             &self.settings,
             &self.options,
+            self.tls.as_ref(),
         );
         self.machine = machine;
         self.config_path = config_path;
@@ -211,8 +312,13 @@ impl Ingest {
 
     fn wait_listening(&self) {
         let (rtmp_port, version) = (self.rtmp_port, &self.version);
+        let rtmps_up = || {
+            self.rtmps_port
+                .is_none_or(|port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+        };
         let up = super::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
             (TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok()
+                && rtmps_up()
                 && self.api("/v3/paths/list").is_some())
             .then_some(())
         });
@@ -228,6 +334,20 @@ impl Ingest {
     /// Where a publisher of `key` publishes.
     pub fn publish_url(&self, key: &str) -> String {
         format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp_port)
+    }
+
+    /// Where an SRT publisher of `key` publishes (OBS's SRT output, IRL encoders).
+    pub fn srt_url(&self, key: &str) -> String {
+        format!(
+            "srt://127.0.0.1:{}?streamid=publish:live/{key}",
+            self.srt_port
+        )
+    }
+
+    /// Where an RTMPS publisher of `key` publishes; panics unless RTMPS is on.
+    pub fn rtmps_url(&self, key: &str) -> String {
+        let port = self.rtmps_port.expect("RTMPS is off in this MediaMTX");
+        format!("rtmps://127.0.0.1:{port}/live/{key}")
     }
 
     /// GET on MediaMTX's Control API: the JSON answer, if 200.
@@ -247,7 +367,13 @@ impl Ingest {
 
     /// MediaMTX's RTMP connections: (id, path, state).
     pub fn rtmp_conns(&self) -> Option<Vec<(String, String, String)>> {
-        let list = self.api("/v3/rtmpconns/list")?;
+        self.conns("rtmpconns")
+    }
+
+    /// MediaMTX's connections in an API collection (`rtmpconns`, `rtmpsconns`, `srtconns`):
+    /// (id, path, state).
+    pub fn conns(&self, collection: &str) -> Option<Vec<(String, String, String)>> {
+        let list = self.api(&format!("/v3/{collection}/list"))?;
         let field = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or("").to_string();
         Some(
             list["items"]
@@ -260,8 +386,14 @@ impl Ingest {
 
     /// Ids of the RTMP connections publishing to live/<key>.
     pub fn publishers(&self, key: &str) -> Vec<String> {
+        self.publishers_in("rtmpconns", key)
+    }
+
+    /// Ids of the connections of `collection` (`rtmpconns`, `rtmpsconns`, `srtconns`)
+    /// publishing to live/<key>.
+    pub fn publishers_in(&self, collection: &str, key: &str) -> Vec<String> {
         let path = format!("live/{key}");
-        self.rtmp_conns()
+        self.conns(collection)
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, p, s)| *p == path && s == "publish")

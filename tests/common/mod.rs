@@ -21,7 +21,7 @@ pub mod tls_front;
 pub mod util;
 pub mod wire;
 
-pub use util::{free_port, require_tool, wait_for};
+pub use util::{free_port, free_udp_port, require_tool, wait_for};
 
 use std::path::PathBuf;
 

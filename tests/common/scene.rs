@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::control_plane_double::ControlPlaneDouble;
 use super::machine::Options;
-use super::media::probe;
+use super::media::{probe, Publisher};
 use super::mediamtx::{ms, Feed, HookNames, Ingest};
 use super::nginx::RtmpServer;
 
@@ -37,13 +37,28 @@ impl Scene {
 
     /// Like `start`, with more units, drop-ins or a persistent state directory.
     pub fn start_with(label: &str, version: &str, names: HookNames, options: Options) -> Scene {
+        Self::build(label, |_, cp_url| {
+            Ingest::start_with(label, version, names, cp_url, options)
+        })
+    }
+
+    /// Like `start` (the MediaMTX release under test), with RTMPS offered as mediamtx.yml says,
+    /// with a test certificate for 127.0.0.1 signed by a test CA (`<dir>/certs/ca.crt`).
+    pub fn start_rtmps(label: &str) -> Scene {
+        Self::build(label, |dir, cp_url| {
+            let certs = super::rtmps::make_certs(&dir.join("certs"));
+            Ingest::start_rtmps(label, cp_url, &certs.good)
+        })
+    }
+
+    fn build(label: &str, ingest: impl FnOnce(&std::path::Path, &str) -> Ingest) -> Scene {
         let serial = serial();
         let dir = super::scratch(&format!("mediamtx-{label}"));
         let dests = (0..3)
             .map(|i| RtmpServer::start(&dir.join(format!("dest{i}"))))
             .collect();
         let cp = ControlPlaneDouble::start();
-        let ingest = Ingest::start_with(label, version, names, &cp.url(), options);
+        let ingest = ingest(&dir, &cp.url());
         Scene {
             ingest,
             cp,
@@ -67,6 +82,40 @@ impl Scene {
     pub fn publish(&self, key: &str, tag: &str) -> Feed {
         Feed::start(
             &self.ingest.publish_url(key),
+            &self.dir.join(format!("publisher-{key}-{tag}.log")),
+        )
+    }
+
+    /// A live H.264 + AAC encode published over SRT to live/<key>, as OBS's SRT output or an IRL
+    /// encoder set to AAC sends it (MPEG-TS; ffmpeg's own default audio there would be MP2).
+    pub fn publish_srt(&self, key: &str) -> Publisher {
+        super::media::encode(
+            &[
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+            ],
+            "mpegts",
+            &self.ingest.srt_url(key),
+        )
+    }
+
+    /// The clip published over RTMPS (as OBS with an rtmps:// server), not verifying the
+    /// certificate (ffmpeg's default).
+    pub fn publish_rtmps(&self, key: &str, tag: &str) -> Feed {
+        Feed::start(
+            &self.ingest.rtmps_url(key),
             &self.dir.join(format!("publisher-{key}-{tag}.log")),
         )
     }

@@ -1,12 +1,21 @@
 //! Free ports, bounded waits, required tools. Apart from `mod.rs` so that the RTMP client's
 //! interop tests (src/rtmp/tests_interop.rs) can include it with the server helpers.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (MediaMTX's SRT listener).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
