@@ -789,3 +789,87 @@ fn an_opus_stream_reaches_a_custom_destination_and_not_twitch() {
         twitch_reason: "twitch takes AAC audio only; the stream's audio is Opus",
     });
 }
+
+/// The stream's own shape, read from its headers without decoding, as `neustream status
+/// --json` shows it: what the encoder was told (1280x720, 30 fps, AAC 48000 Hz stereo).
+#[test]
+fn neustream_status_shows_the_streams_shape() {
+    let dir = common::scratch("relay-shape");
+    let source = RtmpServer::start(&dir.join("source"));
+    let server = RtmpServer::start(&dir.join("d0"));
+    let _publisher = common::media::encode(
+        &[
+            "-s",
+            "1280x720",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-b:v",
+            "1000k",
+            "-c:a",
+            "aac",
+        ],
+        "flv",
+        &source.url("live/src"),
+    );
+    let relays = dir.join("relays");
+    let state_dir = relays.join(KEY);
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let dests = vec![nginx_dest(0, &server)];
+    let relay = Relay::start_with(
+        &source.url("live/src"),
+        &dests,
+        &dir,
+        &[("NEUSTREAM_RELAY_STATE_DIR", state_dir.to_str().unwrap())],
+    );
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_neustream"))
+            .args(["status", KEY, "--json"])
+            .env("NEUSTREAM_RELAYS_DIR", &relays)
+            .env("NEUSTREAM_SYSTEMD_TIMEOUT", "100ms")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    // The frame rate and bitrates need a few seconds of media.
+    let media = common::wait_for(Duration::from_secs(20), Duration::from_millis(500), || {
+        let v = status();
+        let media = v["relays"][0]["state"]["media"].clone();
+        (media["video"]["fps"].as_f64().is_some() && media["audio"]["bitrate"].is_u64())
+            .then_some(media)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no shape in neustream status: {}\n{}",
+            status(),
+            relay.log()
+        )
+    });
+    let video = &media["video"];
+    assert_eq!(video["codec"], "H.264", "{media}");
+    assert_eq!(
+        (&video["width"], &video["height"]),
+        (&1280.into(), &720.into()),
+        "{media}"
+    );
+    assert_eq!(video["fps"], 30.0, "{media}");
+    let rate = video["bitrate"].as_f64().unwrap();
+    assert!((400e3..2.5e6).contains(&rate), "{media}");
+    let audio = &media["audio"];
+    assert_eq!(audio["codec"], "AAC", "{media}");
+    assert_eq!(audio["sample_rate"], 48000, "{media}");
+    assert_eq!(audio["channels"], 2, "{media}");
+    // The text view says it in one line.
+    let out = Command::new(env!("CARGO_BIN_EXE_neustream"))
+        .args(["status", KEY])
+        .env("NEUSTREAM_RELAYS_DIR", &relays)
+        .env("NEUSTREAM_SYSTEMD_TIMEOUT", "100ms")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("media H.264 1280x720 30 fps"), "{text}");
+    assert!(text.contains("AAC 48000 Hz 2 ch"), "{text}");
+}

@@ -120,6 +120,7 @@ fn relay(out: &mut String, r: &Relay, now: u64) {
         let _ = writeln!(out, "  ! {p}");
     }
     if let Some(s) = &r.state {
+        let _ = writeln!(out, "  media {}", s.media.describe());
         destinations(out, s, now);
     }
 }

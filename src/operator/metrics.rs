@@ -73,6 +73,32 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         "While the source is in grace: Unix time at which the relay stops waiting for a new \
          publisher.",
     );
+    let mut video = Family::new(
+        "neustream_stream_video_info",
+        Gauge,
+        "1 for the video codec and size the stream has now (read from its sequence headers, \
+         no decoding).",
+    );
+    let mut video_fps = Family::new(
+        "neustream_stream_video_frames_per_second",
+        Gauge,
+        "The stream's video frame rate over its last seconds of media.",
+    );
+    let mut video_bitrate = Family::new(
+        "neustream_stream_video_bitrate_bits_per_second",
+        Gauge,
+        "The stream's video bitrate over its last seconds of media.",
+    );
+    let mut audio = Family::new(
+        "neustream_stream_audio_info",
+        Gauge,
+        "1 for the audio codec, sample rate and channels the stream has now.",
+    );
+    let mut audio_bitrate = Family::new(
+        "neustream_stream_audio_bitrate_bits_per_second",
+        Gauge,
+        "The stream's audio bitrate over its last seconds of media.",
+    );
     let mut cpu = Family::new(
         "neustream_relay_cpu_seconds_total",
         Counter,
@@ -181,6 +207,45 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         if let (true, Some(until)) = (state.source.state == "grace", state.source.grace_until) {
             grace.add(&s, until as f64);
         }
+        if let Some(v) = &state.media.video {
+            let (w, h) = (
+                v.width.map_or(String::new(), |w| w.to_string()),
+                v.height.map_or(String::new(), |h| h.to_string()),
+            );
+            video.add(
+                &[
+                    ("stream", stream),
+                    ("codec", v.codec.as_str()),
+                    ("width", w.as_str()),
+                    ("height", h.as_str()),
+                ],
+                1.0,
+            );
+            if let Some(fps) = v.fps {
+                video_fps.add(&s, fps);
+            }
+            if let Some(b) = v.bitrate {
+                video_bitrate.add(&s, b as f64);
+            }
+        }
+        if let Some(a) = &state.media.audio {
+            let (rate, channels) = (
+                a.sample_rate.map_or(String::new(), |r| r.to_string()),
+                a.channels.map_or(String::new(), |c| c.to_string()),
+            );
+            audio.add(
+                &[
+                    ("stream", stream),
+                    ("codec", a.codec.as_str()),
+                    ("sample_rate", rate.as_str()),
+                    ("channels", channels.as_str()),
+                ],
+                1.0,
+            );
+            if let Some(b) = a.bitrate {
+                audio_bitrate.add(&s, b as f64);
+            }
+        }
         for st in SOURCE_STATES {
             source.add(
                 &[("stream", stream), ("state", st)],
@@ -230,6 +295,11 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         started,
         source,
         grace,
+        video,
+        video_fps,
+        video_bitrate,
+        audio,
+        audio_bitrate,
         cpu,
         memory,
         restarts,
@@ -332,6 +402,44 @@ mod tests {
         assert!(
             !text.contains("secret"),
             "the key is only a label when asked for"
+        );
+    }
+
+    #[test]
+    fn the_streams_shape_and_an_incompatible_destination() {
+        let mut r = report();
+        let s = r.relays[0].state.as_mut().unwrap();
+        s.media = serde_json::from_value(serde_json::json!({
+            "video": {"codec": "HEVC", "width": 1280, "height": 720, "fps": 30.0,
+                      "bitrate": 2_500_000},
+            "audio": {"codec": "AAC", "sample_rate": 48000, "channels": 2, "bitrate": 160_000}
+        }))
+        .unwrap();
+        s.destinations[1].state = "incompatible".into();
+        s.destinations[1].reason = Some("twitch takes H.264 only; the stream is HEVC".into());
+        let text = render(&r, StreamLabel::Id, 0.0);
+        let id = crate::operator::stream_id("secret-ingest-key");
+        for line in [
+            format!(
+                "neustream_stream_video_info{{stream=\"{id}\",codec=\"HEVC\",width=\"1280\",\
+                 height=\"720\"}} 1"
+            ),
+            format!("neustream_stream_video_frames_per_second{{stream=\"{id}\"}} 30"),
+            format!(
+                "neustream_stream_audio_info{{stream=\"{id}\",codec=\"AAC\",\
+                 sample_rate=\"48000\",channels=\"2\"}} 1"
+            ),
+            format!("neustream_stream_audio_bitrate_bits_per_second{{stream=\"{id}\"}} 160000"),
+            format!(
+                "neustream_destination_state{{stream=\"{id}\",index=\"1\",platform=\"twitch\",\
+                 state=\"incompatible\"}} 1"
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert_eq!(
+            r.relays[0].state.as_ref().unwrap().media.describe(),
+            "HEVC 1280x720 30 fps 2.5 Mb/s, AAC 48000 Hz 2 ch 160 kb/s"
         );
     }
 

@@ -56,7 +56,74 @@ pub struct RelayState {
     pub started: u64,
     pub updated: u64,
     pub source: Source,
+    /// The stream's own shape (absent in files of relays before v3).
+    #[serde(default)]
+    pub media: Media,
     pub destinations: Vec<Destination>,
+}
+
+/// `crate::relay::shape::Shape` as the state file holds it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct Media {
+    #[serde(default)]
+    pub video: Option<Video>,
+    #[serde(default)]
+    pub audio: Option<Audio>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Video {
+    pub codec: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Audio {
+    pub codec: String,
+    pub sample_rate: Option<u32>,
+    pub channels: Option<u8>,
+    pub bitrate: Option<u64>,
+}
+
+impl Media {
+    /// `HEVC 1280x720 30 fps 2.5 Mb/s, AAC 48000 Hz 2 ch 160 kb/s`; `-` before any media.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = &self.video {
+            let mut s = v.codec.clone();
+            if let (Some(w), Some(h)) = (v.width, v.height) {
+                s.push_str(&format!(" {w}x{h}"));
+            }
+            if let Some(fps) = v.fps {
+                s.push_str(&format!(" {fps} fps"));
+            }
+            if let Some(b) = v.bitrate {
+                s.push_str(&format!(" {:.1} Mb/s", b as f64 / 1e6));
+            }
+            parts.push(s);
+        }
+        if let Some(a) = &self.audio {
+            let mut s = a.codec.clone();
+            if let Some(r) = a.sample_rate {
+                s.push_str(&format!(" {r} Hz"));
+            }
+            if let Some(c) = a.channels {
+                s.push_str(&format!(" {c} ch"));
+            }
+            if let Some(b) = a.bitrate {
+                s.push_str(&format!(" {} kb/s", b / 1000));
+            }
+            parts.push(s);
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -223,7 +290,7 @@ pub(crate) fn relay_wrote(key: &str, publisher: &str, dests: &[(&str, &str, u64)
             d
         })
         .collect();
-    b.render(&mut d).1
+    b.render(&mut d, &Default::default()).1
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::cache::GopCache;
 use super::flv::{Codec, Kind, Role, Tag};
 use super::output::Output;
 use super::queue::Pushed;
+use super::shape::{Shape, ShapeTracker};
 use crate::platforms::StreamCodecs;
 
 /// One timeline for the whole relay: the timestamps every destination reads never go
@@ -81,11 +82,19 @@ struct Inner {
     splicing: bool,
     /// Whether this source has sent a video configuration.
     source_has_video: bool,
-    /// The codecs last seen, per kind.
+    /// The stream's shape (codecs, size, frame rate, bitrates), from what it sent.
+    shape: ShapeTracker,
+    /// The current source's codecs, per kind (none before it sent that kind).
     video_codec: Option<Codec>,
     audio_codec: Option<Codec>,
+    /// The current source's headers (metadata, sequence headers) before its first picture.
+    source_headers: Vec<Tag>,
     outputs: Vec<Arc<Output>>,
 }
+
+/// Headers kept of a source before its first picture (metadata, video and audio
+/// configuration, and a few repeats).
+const MAX_SOURCE_HEADERS: usize = 8;
 
 pub struct Hub {
     key: String,
@@ -104,12 +113,19 @@ impl Hub {
                 has_video: false,
                 splicing: true,
                 source_has_video: false,
+                shape: ShapeTracker::new(),
                 video_codec: None,
                 audio_codec: None,
+                source_headers: Vec::new(),
                 outputs: Vec::new(),
             }),
             codecs: watch::channel(StreamCodecs::default()).0,
         }
+    }
+
+    /// The stream's shape as its tags tell it.
+    pub fn shape(&self) -> Shape {
+        self.inner.lock().unwrap().shape.shape()
     }
 
     /// The stream's codecs as they change.
@@ -117,7 +133,8 @@ impl Hub {
         self.codecs.subscribe()
     }
 
-    /// Notes the codec of a media tag; a change is told to the destinations.
+    /// Notes the codec of a media tag of the current source; once the source is spliced in,
+    /// a change is told to the destinations.
     fn note_codec(&self, hub: &mut Inner, tag: &Tag) {
         let Some(packet) = tag.packet() else { return };
         if !matches!(packet.role, Role::Config | Role::Frame) {
@@ -128,15 +145,32 @@ impl Hub {
             Kind::Audio => &mut hub.audio_codec,
             Kind::Script => return,
         };
-        if *slot == Some(packet.codec) {
-            return;
+        if *slot != Some(packet.codec) {
+            *slot = Some(packet.codec);
+            if !hub.splicing {
+                self.tell_codecs(hub, true);
+            }
         }
-        *slot = Some(packet.codec);
-        let codecs = StreamCodecs {
+    }
+
+    /// The current source's codecs to the destinations, when they differ from what they had:
+    /// at a splice (a new publisher may have other codecs, or no audio) and on a change.
+    /// `resumed`: the source sent no headers (the same publisher after a stall, not a new
+    /// connection): a kind it has not shown again yet keeps what it was.
+    fn tell_codecs(&self, hub: &Inner, resumed: bool) {
+        let mut codecs = StreamCodecs {
             video: hub.video_codec.map(|c| c.name(Kind::Video)),
             audio: hub.audio_codec.map(|c| c.name(Kind::Audio)),
         };
-        self.codecs.send_replace(codecs);
+        self.codecs.send_if_modified(|now| {
+            if resumed {
+                codecs.video = codecs.video.take().or_else(|| now.video.clone());
+                codecs.audio = codecs.audio.take().or_else(|| now.audio.clone());
+            }
+            let changed = *now != codecs;
+            *now = codecs;
+            changed
+        });
     }
 
     /// Takes one tag from the source. Returns true when this tag makes the source's first
@@ -163,6 +197,27 @@ impl Hub {
         tag.timestamp = hub.timeline.map(&tag);
         hub.has_video |= tag.kind == Kind::Video;
         self.note_codec(&mut hub, &tag);
+        if hub.splicing {
+            // The new source's headers, kept for its shape (a bounded few: a source sends
+            // one of each kind).
+            if hub.source_headers.len() < MAX_SOURCE_HEADERS {
+                hub.source_headers.push(tag.clone());
+            }
+        } else if spliced {
+            // The stream is this source's from here on: its shape and codecs alone.
+            let headers = std::mem::take(&mut hub.source_headers);
+            let resumed = headers.is_empty();
+            if !resumed {
+                hub.shape.reset();
+                for h in &headers {
+                    hub.shape.push(h);
+                }
+            }
+            hub.shape.push(&tag);
+            self.tell_codecs(&hub, resumed);
+        } else {
+            hub.shape.push(&tag);
+        }
         hub.cache.push(&tag);
         self.fan_out(&hub, &tag);
         spliced
@@ -202,6 +257,9 @@ impl Hub {
         let mut hub = self.inner.lock().unwrap();
         hub.splicing = true;
         hub.source_has_video = false;
+        hub.video_codec = None;
+        hub.audio_codec = None;
+        hub.source_headers.clear();
     }
 
     /// Whether the current source has not reached its first picture yet.
@@ -356,5 +414,46 @@ mod tests {
         rt.block_on(out.queue.take(&mut got));
         let stamps: Vec<u32> = got.iter().map(|t| t.timestamp).collect();
         assert_eq!(stamps, [0, 0, 33, 1043, 1043, 1076]);
+    }
+
+    fn header(kind: Kind, payload: &'static [u8]) -> Tag {
+        Tag {
+            kind,
+            timestamp: 0,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn the_destinations_learn_each_publishers_codecs() {
+        let hub = Hub::new("k");
+        let codecs = hub.codecs();
+        let stream = |v: &str, a: Option<&str>| StreamCodecs {
+            video: Some(v.to_owned()),
+            audio: a.map(str::to_owned),
+        };
+        // H.264 + AAC: told at the first picture, not before.
+        hub.publish(header(Kind::Video, &[0x17, 0, 0, 0, 0]));
+        hub.publish(header(Kind::Audio, &[0xAF, 0, 0x11, 0x90]));
+        assert_eq!(*codecs.borrow(), StreamCodecs::default());
+        assert!(hub.publish(video(0, true)));
+        hub.publish(audio(10));
+        assert_eq!(*codecs.borrow(), stream("h264", Some("aac")));
+        let shape = hub.shape();
+        assert_eq!(shape.audio.unwrap().sample_rate, Some(48000));
+        // A stall: the same publisher resumes at a keyframe without headers; its audio, not
+        // seen again yet, is still AAC.
+        hub.new_source();
+        assert!(hub.publish(video(2000, true)));
+        assert_eq!(*codecs.borrow(), stream("h264", Some("aac")));
+        assert!(hub.shape().audio.is_some());
+        // A new publisher: HEVC (Enhanced RTMP) without audio. Its own codecs only.
+        hub.new_source();
+        hub.publish(header(Kind::Video, b"\x90hvc1\x01"));
+        assert!(hub.publish(header(Kind::Video, b"\x91hvc1\0\0\0\0\0\0\x02\x26\x01")));
+        assert_eq!(*codecs.borrow(), stream("hevc", None));
+        let shape = hub.shape();
+        assert_eq!(shape.video.unwrap().codec, "HEVC");
+        assert_eq!(shape.audio, None);
     }
 }

@@ -27,10 +27,7 @@ mod process;
 mod push_ffmpeg;
 mod push_native;
 mod queue;
-// The stream's own shape (issue 17, item 4): not wired into the state, status and metrics
-// yet; the allow goes with the wiring.
-#[allow(dead_code)]
-mod shape;
+pub mod shape;
 mod silence;
 mod source;
 pub mod state;
@@ -522,7 +519,7 @@ async fn publish_state(shared: Arc<Shared>, dir: Option<PathBuf>) {
 fn publish_once(shared: &Shared, dir: Option<&std::path::Path>) {
     let outputs = shared.hub.outputs();
     let mut states: Vec<_> = outputs.iter().map(|o| o.state()).collect();
-    let (status, json) = shared.board.render(&mut states);
+    let (status, json) = shared.board.render(&mut states, &shared.hub.shape());
     for (o, s) in outputs.iter().zip(&states) {
         o.merge_rate(s);
     }

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use super::shape::Shape;
 use tokio::sync::Notify;
 
 /// Version of the state file's layout; readers refuse other versions.
@@ -126,6 +128,8 @@ struct Snapshot<'a> {
     started: u64,
     updated: u64,
     source: &'a SourceState,
+    /// The stream's own shape: codecs, size, frame rate, bitrates.
+    media: &'a Shape,
     destinations: &'a [DestinationState],
 }
 
@@ -280,7 +284,7 @@ impl Board {
     }
 
     /// Updates the bitrates, then renders the `STATUS=` line and the state file's JSON.
-    pub fn render(&self, dests: &mut [DestinationState]) -> (String, String) {
+    pub fn render(&self, dests: &mut [DestinationState], media: &Shape) -> (String, String) {
         let now = Instant::now();
         for d in dests.iter_mut() {
             d.measure(now);
@@ -300,6 +304,7 @@ impl Board {
             started: self.started,
             updated: unix_now(),
             source: &source,
+            media,
             destinations: dests,
         })
         .expect("the state serialises");
@@ -378,7 +383,7 @@ mod tests {
         d[1].connecting();
         d[1].failed(ErrorClass::Refused, Duration::from_secs(8));
         d[2].connecting();
-        let (status, json) = b.render(&mut d);
+        let (status, json) = b.render(&mut d, &Default::default());
         assert_eq!(
             status,
             "3 destinations: 0 youtube live 0.0 Mb/s | 1 twitch retrying in 8 s (refused) | \
@@ -398,13 +403,13 @@ mod tests {
     fn the_grace_is_shown_with_the_seconds_left() {
         let b = Board::new("k", "conn-1");
         b.grace(unix_now() + 20);
-        let (status, json) = b.render(&mut [dest(0, "youtube")]);
+        let (status, json) = b.render(&mut [dest(0, "youtube")], &Default::default());
         assert!(status.starts_with("publisher gone, waiting 2"), "{status}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["source"]["state"], "grace");
         assert!(v["source"]["grace_until"].as_u64().is_some());
         b.source(SourcePhase::Live);
-        let (status, _) = b.render(&mut [dest(0, "youtube")]);
+        let (status, _) = b.render(&mut [dest(0, "youtube")], &Default::default());
         assert!(status.starts_with("1 destination:"), "{status}");
     }
 
@@ -416,7 +421,7 @@ mod tests {
         d[0].live();
         d[0].rate_mark = Some((Instant::now() - Duration::from_secs(4), 0));
         d[0].bytes += 3_000_000;
-        let (status, _) = b.render(&mut d);
+        let (status, _) = b.render(&mut d, &Default::default());
         assert_eq!(status, "1 destination: 0 custom live 6.0 Mb/s");
     }
 
