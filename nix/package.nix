@@ -6,6 +6,7 @@
   rustPlatform,
   installShellFiles,
   cmake,
+  ffmpeg,
 }:
 
 let
@@ -42,6 +43,10 @@ rustPlatform.buildRustPackage {
   # Unit tests only (`#[cfg(test)]` in the binary crate). The system tests in tests/ boot a real
   # systemd in systemd-nspawn and need root: they run in CI, not in the Nix sandbox.
   cargoTestFlags = [ "--bins" ];
+  # Unit tests that make their input with ffmpeg (silence, codec headers: x264, x265, aom, opus).
+  nativeCheckInputs = [ ffmpeg ];
+  # The RTMP client's interop tests run real nginx-rtmp and MediaMTX servers: CI runs them.
+  checkFlags = [ "--skip=rtmp::tests_interop" ];
 
   postInstall =
     ''
