@@ -228,13 +228,14 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("k1  id "), "{text}");
         assert!(lines[1].contains("degraded  source starting for 0s  publisher conn-9"));
+        assert_eq!(lines[2], "  media -");
         assert_eq!(
-            lines[2],
+            lines[3],
             "  #  PLATFORM  STATE            SINCE  BITRATE    SENT       ACKED  RTT  ATTEMPTS  \
              LAST ERROR"
         );
-        assert!(lines[3].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.46 MB"));
-        assert!(lines[4].contains("retrying in 4 s") && lines[4].ends_with("refused"));
+        assert!(lines[4].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.46 MB"));
+        assert!(lines[5].contains("retrying in 4 s") && lines[5].ends_with("refused"));
     }
 
     #[test]
