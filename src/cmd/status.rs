@@ -239,6 +239,33 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_source_shows_what_to_change() {
+        let mut r = report(true);
+        let s = r.relays[0].state.as_mut().unwrap();
+        s.source.state = "unreadable".into();
+        s.source.problem = Some("audio is MPEG-1/2 Audio: set the encoder's audio to AAC".into());
+        let state = s.clone();
+        let r = report::join(
+            state.updated,
+            vec![Entry {
+                instance: "k1".into(),
+                state: Ok(state),
+            }],
+            None,
+            None,
+            Some("no bus".into()),
+        );
+        let text = render(&r);
+        assert!(text.contains("degraded  source unreadable"), "{text}");
+        assert!(
+            text.contains(
+                "  ! nothing is relayed: audio is MPEG-1/2 Audio: set the encoder's audio to AAC\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn verdicts() {
         assert!(verdict(&report(true), None).is_none());
         let v = verdict(&report(false), None).unwrap();
