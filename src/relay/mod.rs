@@ -308,7 +308,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     // Reading again would fail again: say so once, and wait for a publisher
                     // that sends something else (or for the unpublish hook's stop). The
                     // relay is up and says why it relays nothing.
-                    error!(stream_key = %key, "{key}: publisher {publisher_id}: {problem}; nothing is relayed until a publisher sends that");
+                    error!(stream_key = %key, "{key}: publisher {publisher_id}: {problem}; nothing is relayed until the streamer publishes again with that changed");
                     unreadable = true;
                     shared.board.unreadable(problem);
                     notify::ready();
