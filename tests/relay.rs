@@ -896,7 +896,7 @@ fn mp2_audio_is_named_once_and_never_read_in_a_loop() {
         "-c:a",
         "mp2",
     ];
-    let _publisher = common::media::encode(&encoder, "rtsp", &server.rtsp_url("live/src"));
+    let mut publisher = common::media::encode(&encoder, "rtsp", &server.rtsp_url("live/src"));
     let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
         server.codecs("live/src")
     });
@@ -960,5 +960,46 @@ fn mp2_audio_is_named_once_and_never_read_in_a_loop() {
     assert_eq!(relay.state()["source"]["state"], "unreadable");
     assert_no_keys(&log, &[dest_key(0)], "the relay log");
     assert_no_keys(&relay.state_text(), &[dest_key(0)], "the state file");
+
+    // The streamer sets AAC and publishes again: its `ready` reloads the relay, which reads
+    // the new publisher and forgets the problem.
+    publisher.stop();
+    let mut aac = encoder;
+    aac[9] = "aac";
+    let _publisher = common::media::encode(&aac, "rtsp", &server.rtsp_url("live/src"));
+    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
+        server.codecs("live/src").filter(|c| c.1 == "aac")
+    });
+    assert!(published.is_some(), "{}", server.log());
+    let env = dir.join("streams");
+    std::fs::create_dir_all(&env).unwrap();
+    std::fs::write(
+        env.join(format!("{KEY}.env")),
+        format!(
+            "NEUSTREAM_STREAM_KEY={KEY}\nNEUSTREAM_SOURCE_URL={}\nNEUSTREAM_MTX_SOURCE_ID=conn-2\n\
+             NEUSTREAM_SOURCE_TRACKS=\"H264,MPEG-4 Audio\"\nNEUSTREAM_DESTINATIONS=1\n\
+             NEUSTREAM_DEST_0_PLATFORM=youtube\nNEUSTREAM_DEST_0_RTMP_URL={}\n\
+             NEUSTREAM_DEST_0_STREAM_KEY={}\n",
+            server.rtmp_url("live/src"),
+            dest.url("live/"),
+            dest_key(0)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neustream"))
+        .args(["relay-reload", KEY, "--runtime-dir"])
+        .arg(&env)
+        .env("RUNTIME_DIRECTORY", &relay.state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let live = common::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        let s = relay.state();
+        (s["source"]["state"] == "live").then_some(s)
+    });
+    let state = live.unwrap_or_else(|| panic!("{}\n{}", relay.state(), relay.log()));
+    assert_eq!(state["source"]["publisher"], "conn-2", "{state}");
+    assert!(state["source"].get("problem").is_none(), "{state}");
+    assert_eq!(relay.log().matches("audio is MPEG-1/2 Audio").count(), 1);
     assert!(relay.terminate().success(), "{}", relay.log());
 }
