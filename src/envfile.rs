@@ -15,6 +15,12 @@ const SOURCE_TYPE: &str = "NEUSTREAM_MTX_SOURCE_TYPE";
 const COUNT: &str = "NEUSTREAM_DESTINATIONS";
 /// The hooks' reconnect grace, handed to the relay (it reads it as a setting: `relay --help`).
 const GRACE: &str = "NEUSTREAM_RECONNECT_GRACE";
+/// The publisher's tracks as MediaMTX names them (`H264,MPEG-4 Audio`), comma-separated: what
+/// the relay can tell the streamer when the ingest gives it less.
+const TRACKS: &str = "NEUSTREAM_SOURCE_TRACKS";
+/// At most this many tracks are kept, each at most [`MAX_TRACK_NAME`] characters.
+pub const MAX_TRACKS: usize = 16;
+pub const MAX_TRACK_NAME: usize = 64;
 
 /// What a relay needs to know about its stream, and who published it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,25 @@ pub struct StreamSpec {
     /// How long the relay keeps destinations after the publisher is gone (none: the relay's
     /// own default).
     pub grace: Option<std::time::Duration>,
+    /// The publisher's tracks as MediaMTX names them (`H264`, `MPEG-1/2 Audio`); empty:
+    /// unknown.
+    pub tracks: Vec<String>,
+}
+
+/// Keeps the track names that can go into the env file: printable, no comma, bounded in
+/// length and number. Anything else is dropped (the tracks only help a diagnosis).
+pub fn clean_tracks<S: AsRef<str>>(names: &[S]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| n.as_ref().trim())
+        .filter(|n| {
+            !n.is_empty()
+                && n.chars().count() <= MAX_TRACK_NAME
+                && n.chars().all(|c| !c.is_control() && c != ',')
+        })
+        .take(MAX_TRACKS)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -99,6 +124,9 @@ impl StreamSpec {
         if let Some(grace) = self.grace {
             put(GRACE, &format!("{}ms", grace.as_millis()))?;
         }
+        if !self.tracks.is_empty() {
+            put(TRACKS, &clean_tracks(&self.tracks).join(","))?;
+        }
         put(COUNT, &self.destinations.len().to_string())?;
         for (i, d) in self.destinations.iter().enumerate() {
             put(&dest_platform(i), d.platform())?;
@@ -166,6 +194,9 @@ impl StreamSpec {
                 .map(crate::config::parse_grace)
                 .transpose()
                 .map_err(|_| EnvFileError::BadDuration { name: GRACE.into() })?,
+            tracks: get(TRACKS)
+                .map(|t| clean_tracks(&t.split(',').collect::<Vec<_>>()))
+                .unwrap_or_default(),
         })
     }
 }
@@ -240,6 +271,7 @@ mod tests {
                     Destination::from_parts(["youtube", "twitch"][i % 2], server, key).unwrap()
                 })
                 .collect(),
+            tracks: vec!["H264".into(), "MPEG-1/2 Audio".into()],
         }
     }
 
@@ -264,12 +296,33 @@ mod tests {
             assert_eq!(back.destinations[i].server(), *server);
             assert_eq!(back.destinations[i].key(), *key);
         }
-        // One line per variable (5 + the grace + 3 per destination): no value can start a
-        // line of its own.
+        // One line per variable (5 + the grace + the tracks + 3 per destination): no value
+        // can start a line of its own.
         assert_eq!(
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            6 + 3 * dests.len()
+            7 + 3 * dests.len()
         );
+        assert!(text.contains("NEUSTREAM_SOURCE_TRACKS=\"H264,MPEG-1/2 Audio\"\n"));
+    }
+
+    #[test]
+    fn tracks_are_optional_and_only_printable() {
+        let mut original = spec(&[]);
+        original.tracks.clear();
+        let text = original.render().unwrap();
+        assert!(!text.contains("NEUSTREAM_SOURCE_TRACKS"));
+        assert_eq!(
+            StreamSpec::from_vars(&parse(&text).unwrap())
+                .unwrap()
+                .tracks,
+            Vec::<String>::new()
+        );
+        original.tracks = vec!["H265".into(), "a,b".into(), "x\u{7}".into(), " ".into()];
+        let back = StreamSpec::from_vars(&parse(&original.render().unwrap()).unwrap()).unwrap();
+        assert_eq!(back.tracks, vec!["H265"]);
+        let long = vec!["x".repeat(MAX_TRACK_NAME + 1); 1];
+        assert!(clean_tracks(&long).is_empty());
+        assert_eq!(clean_tracks(&vec!["Opus"; 40]).len(), MAX_TRACKS);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! MediaMTX's Control API (v3): disconnecting a publisher we refused, and which paths have a
-//! publisher now.
+//! MediaMTX's Control API (v3): disconnecting a publisher we refused, which paths have a
+//! publisher now, and what a path's publisher sends.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -104,6 +104,47 @@ pub async fn publishers(api_url: &str) -> Result<HashMap<String, String>, MediaM
             )));
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PathTracks {
+    #[serde(default)]
+    tracks: Vec<String>,
+}
+
+/// The tracks of `path`'s publisher as MediaMTX names them (`GET {api}/v3/paths/get/{path}`):
+/// `["H264", "MPEG-4 Audio"]`.
+pub async fn tracks(api_url: &str, path: &str) -> Result<Vec<String>, MediaMtxError> {
+    let mut url = Url::parse(api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
+    url.path_segments_mut()
+        .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
+        .pop_if_empty()
+        .extend(["v3", "paths", "get"])
+        .extend(path.trim_matches('/').split('/'));
+    let failed = |detail: String| MediaMtxError::List {
+        url: url.to_string(),
+        detail,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(failed(resp.status().to_string()));
+    }
+    let path: PathTracks = resp
+        .json()
+        .await
+        .map_err(|e| failed(format!("malformed answer: {e}")))?;
+    Ok(path.tracks)
 }
 
 /// The Control API collection of a publisher's connection type (MTX_SOURCE_TYPE). These names
@@ -308,6 +349,30 @@ mod tests {
         let err = rt.block_on(publishers(&url)).unwrap_err().to_string();
         server.join().unwrap();
         assert!(err.contains("malformed answer"), "{err}");
+    }
+
+    #[test]
+    fn reads_a_paths_tracks() {
+        // As MediaMTX 1.21 answers for an SRT publisher with MP2 audio (abridged).
+        let (url, server) = serve_json(
+            r#"{"name":"live/a","confName":"~^live/","source":{"type":"srtConn","id":"7e"},
+               "ready":true,"tracks":["H264","MPEG-1/2 Audio"],
+               "tracks2":[{"codec":"H264","codecProps":null}],"readers":[]}"#,
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let found = rt.block_on(tracks(&url, "live/a")).unwrap();
+        assert_eq!(server.join().unwrap(), "GET /v3/paths/get/live/a HTTP/1.1");
+        assert_eq!(found, vec!["H264", "MPEG-1/2 Audio"]);
+        let (url, server) = serve(404, r#"{"error":"path not found"}"#);
+        let err = rt.block_on(tracks(&url, "live/b")).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(
+            err.contains("/v3/paths/get/live/b") && err.contains("404"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -562,6 +562,44 @@ fn srt_publish_is_relayed_and_its_end_reported_once() {
     s.assert_no_warnings(&[]);
 }
 
+/// (e2) SRT with ffmpeg's own MPEG-TS audio, MP2, which MediaMTX will not give to an RTMP
+/// reader: `ready` writes the publisher's tracks into the env file, the relay says once what
+/// the streamer should change, `neustream status` shows it, and the unit runs without
+/// restarting until the publisher leaves.
+#[test]
+fn srt_publish_with_mp2_audio_says_so_in_status() {
+    let s = Scene::start("srt-mp2", mtx::VERSION, HookNames::Shipped);
+    let key = "srt_mp2_1";
+    s.add_stream(key);
+    let mut feed = s.publish_srt_audio(key, "mp2");
+    s.wait_relay(key, "active", Duration::from_secs(20));
+    assert_eq!(
+        s.ingest.env_var(key, "NEUSTREAM_SOURCE_TRACKS").as_deref(),
+        Some("H264,MPEG-1/2 Audio"),
+        "{}",
+        s.ingest.log()
+    );
+    let status = || {
+        let out = s.ingest.machine.run(&["neustream", "status", key]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = common::wait_for(Duration::from_secs(15), ms(250), || {
+        Some(status()).filter(|t| t.contains("source unreadable"))
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", status(), s.relay_log(key)));
+    eprintln!("neustream status with an MP2 publisher:\n{text}");
+    assert!(
+        text.contains("! nothing is relayed: audio is MPEG-1/2 Audio") && text.contains("AAC"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let log = s.relay_log(key);
+    assert_eq!(log.matches("audio is MPEG-1/2 Audio").count(), 1, "{log}");
+    assert_eq!(s.relay(key, &["NRestarts"])["NRestarts"], "0", "{log}");
+    feed.stop();
+    s.wait_relay(key, "inactive", Duration::from_secs(15));
+}
+
 /// (f) An unknown key over SRT: the hook asks the Control Plane, which refuses it, and kicks
 /// the publisher through `/v3/srtconns/kick/<id>`: its connection is gone from MediaMTX and
 /// the encoder sees it close; no relay unit, nothing at any destination, no stream-end.

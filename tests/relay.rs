@@ -873,3 +873,133 @@ fn neustream_status_shows_the_streams_shape() {
     assert!(text.contains("media H.264 1280x720 30 fps"), "{text}");
     assert!(text.contains("AAC 48000 Hz 2 ch"), "{text}");
 }
+
+/// MP2 audio (ffmpeg's default in MPEG-TS, so a common SRT publisher's mistake): MediaMTX
+/// accepts the relay as a reader, then closes it at the first audio frame. With the tracks
+/// `ready` wrote into its environment, the relay says once what the streamer should change,
+/// its state says so, and it does not read the ingest again and again: it waits for a new
+/// publisher (a reload) or its stop.
+#[test]
+fn mp2_audio_is_named_once_and_never_read_in_a_loop() {
+    let dir = common::scratch("relay-mp2");
+    let server = MediaServer::start(&dir.join("mediamtx"));
+    let dest = RtmpServer::start(&dir.join("d0"));
+    let encoder = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-b:v",
+        "300k",
+        "-c:a",
+        "mp2",
+    ];
+    let mut publisher = common::media::encode(&encoder, "rtsp", &server.rtsp_url("live/src"));
+    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
+        server.codecs("live/src")
+    });
+    assert_eq!(
+        published,
+        Some(("h264".to_owned(), "mp2".to_owned())),
+        "the publisher; MediaMTX log:\n{}",
+        server.log()
+    );
+    let reads = || {
+        server
+            .log()
+            .matches("is reading from path 'live/src'")
+            .count()
+    };
+    let before = reads(); // ffprobe's reads over RTSP
+    let mut relay = Relay::start_with(
+        &server.rtmp_url("live/src"),
+        &[nginx_dest(0, &dest)],
+        &dir,
+        &[
+            ("NEUSTREAM_SOURCE_TRACKS", "H264,MPEG-1/2 Audio"),
+            ("NEUSTREAM_RECONNECT_GRACE", "10s"),
+        ],
+    );
+    let state = common::wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        let s = relay.state();
+        (s["source"]["state"] == "unreadable").then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not unreadable: {}\nrelay log:\n{}\nMediaMTX log:\n{}",
+            relay.state(),
+            relay.log(),
+            server.log()
+        )
+    });
+    let problem = state["source"]["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("MPEG-1/2 Audio") && problem.contains("AAC"),
+        "{state}"
+    );
+    // No loop: some seconds on, the ingest was read once (twice at most), the relay runs and
+    // has said it once.
+    std::thread::sleep(Duration::from_secs(8));
+    let rtmp_reads = reads() - before;
+    assert!(
+        (1..=2).contains(&rtmp_reads),
+        "{rtmp_reads} reads of live/src; MediaMTX log:\n{}",
+        server.log()
+    );
+    assert!(relay.child.try_wait().unwrap().is_none(), "{}", relay.log());
+    let log = relay.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("MPEG-1/2 Audio") && l.contains("AAC"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("ERROR"), "{log}");
+    assert!(!log.contains("the publisher is gone"), "{log}");
+    assert_eq!(relay.state()["source"]["state"], "unreadable");
+    assert_no_keys(&log, &[dest_key(0)], "the relay log");
+    assert_no_keys(&relay.state_text(), &[dest_key(0)], "the state file");
+
+    // The streamer sets AAC and publishes again: its `ready` reloads the relay, which reads
+    // the new publisher and forgets the problem.
+    publisher.stop();
+    let mut aac = encoder;
+    aac[9] = "aac";
+    let _publisher = common::media::encode(&aac, "rtsp", &server.rtsp_url("live/src"));
+    let published = common::wait_for(Duration::from_secs(15), Duration::from_millis(250), || {
+        server.codecs("live/src").filter(|c| c.1 == "aac")
+    });
+    assert!(published.is_some(), "{}", server.log());
+    let env = dir.join("streams");
+    std::fs::create_dir_all(&env).unwrap();
+    std::fs::write(
+        env.join(format!("{KEY}.env")),
+        format!(
+            "NEUSTREAM_STREAM_KEY={KEY}\nNEUSTREAM_SOURCE_URL={}\nNEUSTREAM_MTX_SOURCE_ID=conn-2\n\
+             NEUSTREAM_SOURCE_TRACKS=\"H264,MPEG-4 Audio\"\nNEUSTREAM_DESTINATIONS=1\n\
+             NEUSTREAM_DEST_0_PLATFORM=youtube\nNEUSTREAM_DEST_0_RTMP_URL={}\n\
+             NEUSTREAM_DEST_0_STREAM_KEY={}\n",
+            server.rtmp_url("live/src"),
+            dest.url("live/"),
+            dest_key(0)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neustream"))
+        .args(["relay-reload", KEY, "--runtime-dir"])
+        .arg(&env)
+        .env("RUNTIME_DIRECTORY", &relay.state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let live = common::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        let s = relay.state();
+        (s["source"]["state"] == "live").then_some(s)
+    });
+    let state = live.unwrap_or_else(|| panic!("{}\n{}", relay.state(), relay.log()));
+    assert_eq!(state["source"]["publisher"], "conn-2", "{state}");
+    assert!(state["source"].get("problem").is_none(), "{state}");
+    assert_eq!(relay.log().matches("audio is MPEG-1/2 Audio").count(), 1);
+    assert!(relay.terminate().success(), "{}", relay.log());
+}

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::hook::{self, Hook};
 use crate::cli::HookArgs;
@@ -149,6 +149,7 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         source_type: hook.source_type.clone(),
         destinations,
         grace: Some(s.reconnect_grace),
+        tracks: source_tracks(hook).await,
     };
     let contents = spec.render()?;
 
@@ -188,6 +189,27 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// The publisher's tracks as MediaMTX names them, for the relay to name what the ingest will
+/// not give it (MP2 audio...). Unknown (empty) when MediaMTX's API is not configured or does not
+/// answer in time: never a reason not to relay.
+async fn source_tracks(hook: &Hook) -> Vec<String> {
+    let key = &hook.key;
+    let Some(api) = &hook.settings.mediamtx_api_url else {
+        return Vec::new();
+    };
+    match crate::mediamtx::tracks(api, &hook.path).await {
+        Ok(tracks) => {
+            let tracks = crate::envfile::clean_tracks(&tracks);
+            debug!(stream_key = %key, "{key}: the publisher's tracks: {}", tracks.join(", "));
+            tracks
+        }
+        Err(e) => {
+            debug!(stream_key = %key, "{key}: the publisher's tracks are unknown: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// The valid destinations of a forwarding answer, in order; each invalid one is dropped with a

@@ -228,13 +228,41 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("k1  id "), "{text}");
         assert!(lines[1].contains("degraded  source starting for 0s  publisher conn-9"));
+        assert_eq!(lines[2], "  media -");
         assert_eq!(
-            lines[2],
+            lines[3],
             "  #  PLATFORM  STATE            SINCE  BITRATE    SENT       ACKED  RTT  ATTEMPTS  \
              LAST ERROR"
         );
-        assert!(lines[3].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.46 MB"));
-        assert!(lines[4].contains("retrying in 4 s") && lines[4].ends_with("refused"));
+        assert!(lines[4].starts_with("  0  youtube   live             0s     0.00 Mb/s  123.46 MB"));
+        assert!(lines[5].contains("retrying in 4 s") && lines[5].ends_with("refused"));
+    }
+
+    #[test]
+    fn an_unreadable_source_shows_what_to_change() {
+        let mut r = report(true);
+        let s = r.relays[0].state.as_mut().unwrap();
+        s.source.state = "unreadable".into();
+        s.source.problem = Some("audio is MPEG-1/2 Audio: set the encoder's audio to AAC".into());
+        let state = s.clone();
+        let r = report::join(
+            state.updated,
+            vec![Entry {
+                instance: "k1".into(),
+                state: Ok(state),
+            }],
+            None,
+            None,
+            Some("no bus".into()),
+        );
+        let text = render(&r);
+        assert!(text.contains("degraded  source unreadable"), "{text}");
+        assert!(
+            text.contains(
+                "  ! nothing is relayed: audio is MPEG-1/2 Audio: set the encoder's audio to AAC\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

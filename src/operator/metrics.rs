@@ -8,7 +8,7 @@ use super::report::{Health, Report};
 use super::StreamLabel;
 use crate::destination::platform_name;
 
-const SOURCE_STATES: [&str; 4] = ["starting", "live", "grace", "ended"];
+const SOURCE_STATES: [&str; 5] = ["starting", "live", "grace", "unreadable", "ended"];
 const HEALTHS: [(Health, &str); 4] = [
     (Health::Live, "live"),
     (Health::Degraded, "degraded"),
@@ -65,7 +65,8 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         "neustream_relay_source_state",
         Gauge,
         "1 for the state the relay's source (the ingest) is in: starting, live, grace (the \
-         publisher is gone, the relay waits for a new one) or ended.",
+         publisher is gone, the relay waits for a new one), unreadable (the ingest will not \
+         give the publisher's stream, e.g. MP2 audio; neustream status says why) or ended.",
     );
     let mut grace = Family::new(
         "neustream_relay_grace_end_timestamp_seconds",
@@ -457,6 +458,19 @@ mod tests {
         )));
         assert!(text.contains(&format!(
             "neustream_relay_source_state{{stream=\"{id}\",state=\"grace\"}} 1"
+        )));
+    }
+
+    #[test]
+    fn an_unreadable_source_is_a_state() {
+        let mut r = report();
+        let s = r.relays[0].state.as_mut().unwrap();
+        s.source.state = "unreadable".into();
+        s.source.problem = Some("audio is MPEG-1/2 Audio".into());
+        let text = render(&r, StreamLabel::Id, 0.0);
+        let id = crate::operator::stream_id("secret-ingest-key");
+        assert!(text.contains(&format!(
+            "neustream_relay_source_state{{stream=\"{id}\",state=\"unreadable\"}} 1"
         )));
     }
 

@@ -128,7 +128,8 @@ impl Media {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Source {
-    /// `starting`, `live`, `grace` (the publisher is gone, the relay waits for a new one) or
+    /// `starting`, `live`, `grace` (the publisher is gone, the relay waits for a new one),
+    /// `unreadable` (the ingest will not give the publisher's stream: `problem` says why) or
     /// `ended`.
     pub state: String,
     pub since: u64,
@@ -136,6 +137,9 @@ pub struct Source {
     /// While in grace: unix time at which the relay gives up waiting.
     #[serde(default)]
     pub grace_until: Option<u64>,
+    /// While unreadable: why, and what the streamer should change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -235,6 +235,19 @@ fn judge(
     if state.source.state == "ended" {
         return (Health::Down, Some("the source stream ended".into()));
     }
+    if state.source.state == "unreadable" {
+        return (
+            Health::Degraded,
+            Some(format!(
+                "nothing is relayed: {}",
+                state
+                    .source
+                    .problem
+                    .as_deref()
+                    .unwrap_or("the ingest will not give the publisher's stream")
+            )),
+        );
+    }
     if state.source.state == "grace" {
         let left = state
             .source
@@ -367,6 +380,22 @@ mod tests {
             .as_ref()
             .unwrap()
             .contains("waits 12 s more"));
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_stream_is_degraded_with_the_streamers_fix() {
+        let now = 50;
+        let mut s = state(now, &["live"]);
+        s.source.state = "unreadable".into();
+        s.source.problem =
+            Some("audio is MPEG-1/2 Audio ...: set the encoder's audio to AAC".into());
+        let r = join(now, vec![entry("k1", s)], None, None, Some("no bus".into()));
+        assert_eq!(r.relays[0].health, Health::Degraded);
+        assert_eq!(
+            r.relays[0].problem.as_deref(),
+            Some("nothing is relayed: audio is MPEG-1/2 Audio ...: set the encoder's audio to AAC")
+        );
         assert_eq!(r.exit_code(), 1);
     }
 

@@ -32,6 +32,7 @@ mod silence;
 mod source;
 pub mod state;
 mod tcpinfo;
+mod tracks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::destination::{Destination, Redactor};
 use crate::envfile::StreamSpec;
@@ -172,15 +173,22 @@ type SourceTask = (JoinHandle<anyhow::Result<source::End>>, watch::Sender<bool>)
 /// With a grace, a stalled source is given up (see [`source::STALL`]). `quiet`: its ffmpeg's
 /// complaints go to debug level (a retry during a grace, which fails until a publisher is
 /// back).
-fn start_source(shared: &Arc<Shared>, url: &str, grace: Duration, quiet: bool) -> SourceTask {
+fn start_source(
+    shared: &Arc<Shared>,
+    url: &str,
+    tracks: &[String],
+    grace: Duration,
+    quiet: bool,
+) -> SourceTask {
     let (stop, stop_rx) = watch::channel(false);
     let shared = shared.clone();
     let url = url.to_owned();
+    let tracks = tracks.to_vec();
     let stall = (!grace.is_zero()).then_some(source::STALL);
     let task = tokio::spawn(async move {
         let log = LineLog::new(&shared.key, None, Arc::new(Redactor::default()));
         log.set_quiet(quiet);
-        source::run(&shared, &url, log, stop_rx, stall).await
+        source::run(&shared, &url, log, stop_rx, stall, &tracks).await
     });
     (task, stop)
 }
@@ -254,7 +262,17 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
 
     let mut publisher_id = spec.source_id.clone();
     let mut source_url = spec.source_url.clone();
-    let mut source = Some(start_source(&shared, &source_url, settings.grace, false));
+    // The publisher's tracks (MediaMTX's names), to say why the ingest gives nothing.
+    let mut tracks = spec.tracks.clone();
+    let mut source = Some(start_source(
+        &shared,
+        &source_url,
+        &tracks,
+        settings.grace,
+        false,
+    ));
+    // The ingest will not give this publisher's stream: nothing is read until a new one.
+    let mut unreadable = false;
     // The running source was started by a grace's retry, after the previous publisher was
     // gone: once it reads a stream, that stream is the new publisher's.
     let mut source_is_retry = false;
@@ -278,7 +296,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     Err(e) => Err(anyhow::anyhow!("the source task failed: {e}")),
                 };
                 if let Some(url) = next_source.take() {
-                    source = Some(start_source(&shared, &url, settings.grace, false));
+                    source = Some(start_source(&shared, &url, &tracks, settings.grace, false));
                     source_is_retry = false;
                     continue;
                 }
@@ -286,6 +304,20 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     Ok(end) => end,
                     Err(e) => break Err(e),
                 };
+                if let source::End::Unreadable(problem) = &end {
+                    // Reading again would fail again: say so once, and wait for a publisher
+                    // that sends something else (or for the unpublish hook's stop). The
+                    // relay is up and says why it relays nothing.
+                    error!(stream_key = %key, "{key}: publisher {publisher_id}: {problem}; nothing is relayed until the streamer publishes again with that changed");
+                    unreadable = true;
+                    shared.board.unreadable(problem);
+                    notify::ready();
+                    (retry, grace) = (None, None);
+                    if let Some(filler) = filler.take() {
+                        filler.abort();
+                    }
+                    continue;
+                }
                 if settings.grace.is_zero() || matches!(end, source::End::Stopped) {
                     break source_outcome(&key, end);
                 }
@@ -323,7 +355,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
             },
             _ = tokio::time::sleep_until(retry_at), if retry.is_some() && source.is_none() => {
                 retry = None;
-                source = Some(start_source(&shared, &source_url, settings.grace, true));
+                source = Some(start_source(&shared, &source_url, &tracks, settings.grace, true));
                 source_is_retry = true;
             }
             Some(reload) = reloads.recv() => {
@@ -333,7 +365,11 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                     publisher_id = reload.spec.source_id.clone();
                     let same_url = source_url == reload.spec.source_url;
                     source_url = reload.spec.source_url.clone();
+                    tracks = reload.spec.tracks.clone();
                     shared.board.publisher(&publisher_id);
+                    if std::mem::take(&mut unreadable) {
+                        shared.board.source(SourcePhase::Starting);
+                    }
                     let reading_new = source_is_retry && grace.is_none() && !shared.hub.splicing();
                     match &source {
                         // A grace's retry that found a publisher reads the new one already:
@@ -356,7 +392,7 @@ pub async fn run(spec: StreamSpec, settings: Settings) -> anyhow::Result<Outcome
                         None => {
                             info!(stream_key = %key, "{key}: new publisher {publisher_id} (was {previous}): reading it, destinations stay connected");
                             retry = None;
-                            source = Some(start_source(&shared, &source_url, settings.grace, false));
+                            source = Some(start_source(&shared, &source_url, &tracks, settings.grace, false));
                             source_is_retry = false;
                         }
                     }
@@ -412,6 +448,7 @@ fn describe_end(end: &source::End) -> String {
         source::End::Failed(failure) => failure.to_string(),
         source::End::Stopped => "stopped".into(),
         source::End::Stalled => format!("nothing read for {:?}", source::STALL),
+        source::End::Unreadable(problem) => problem.clone(),
     }
 }
 
@@ -422,6 +459,7 @@ fn source_outcome(key: &str, end: source::End) -> anyhow::Result<Outcome> {
         source::End::Failed(failure) => {
             anyhow::bail!("{key}: {failure}; systemd restarts the relay")
         }
+        source::End::Unreadable(problem) => anyhow::bail!("{key}: {problem}"),
     }
 }
 

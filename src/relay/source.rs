@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::flv::Tag;
+use super::flv::{Kind, Tag};
 use super::ingest::{Failure, Ingest, OpenError};
 use super::process::LineLog;
 use super::state::SourcePhase;
+use super::tracks::{self, Read};
 use super::{notify, Shared, SourceEvent};
 
 /// How a source ended.
@@ -24,6 +25,9 @@ pub enum End {
     /// It had read the stream, then nothing came for [`STALL`] (the publisher is silent, or
     /// gone without the ingest closing the read): stopped, so that the grace can begin.
     Stalled,
+    /// The ingest will not give this publisher's stream to an RTMP reader (MP2 audio...): what
+    /// the streamer should change. Reading again would only fail again.
+    Unreadable(String),
 }
 
 /// With a reconnect grace, a source that delivers nothing this long is given up.
@@ -33,13 +37,15 @@ pub const STALL: Duration = Duration::from_secs(2);
 pub const SILENCE: Duration = Duration::from_millis(400);
 
 /// Reads `url` until it ends or `stop` turns true: READY=1 to systemd at the first tag,
-/// `shared.picture` once the stream can be shown.
+/// `shared.picture` once the stream can be shown. `tracks`: the publisher's, as MediaMTX names
+/// them (may be empty), to tell a stream the ingest will not give from a publisher gone.
 pub async fn run(
     shared: &Shared,
     url: &str,
     log: LineLog,
     mut stop: watch::Receiver<bool>,
     stall: Option<Duration>,
+    tracks: &[String],
 ) -> anyhow::Result<End> {
     let (stop_timeout, hub) = (shared.stop_timeout, &shared.hub);
     let log = Arc::new(log);
@@ -47,12 +53,15 @@ pub async fn run(
         opened = Ingest::open(shared, url, &log) => match opened {
             Ok(ingest) => ingest,
             Err(OpenError::Setup(e)) => return Err(e),
-            Err(OpenError::Failed(f)) => return Ok(End::Failed(f)),
+            Err(OpenError::Failed(f)) => {
+                return Ok(tracks::after_refusal(tracks).map_or(End::Failed(f), End::Unreadable))
+            }
         },
         _ = stop.wait_for(|s| *s) => return Ok(End::Stopped),
     };
     let mut tags: Vec<Tag> = Vec::new();
     let mut read_any = false;
+    let mut got = Read::default();
     let far = Duration::from_secs(86_400);
     // Silent since (no tag read), while a grace is configured.
     let mut silent = false;
@@ -87,6 +96,11 @@ pub async fn run(
                 }
                 last_read = tokio::time::Instant::now();
                 for tag in tags.drain(..) {
+                    match tag.kind {
+                        Kind::Audio => got.audio = true,
+                        Kind::Video => got.video = true,
+                        Kind::Script => {}
+                    }
                     if !read_any {
                         // The stream is being read: the relay is up.
                         read_any = true;
@@ -109,8 +123,15 @@ pub async fn run(
         }
     };
     let finished = matches!(end, End::Finished);
-    match ingest.close(stop_timeout, finished).await? {
-        Some(failure) => Ok(End::Failed(failure)),
-        None => Ok(end),
+    let end = match ingest.close(stop_timeout, finished).await? {
+        Some(failure) => End::Failed(failure),
+        None => end,
+    };
+    // Ended by the ingest (not stopped, not stalled): was it ever going to give the stream?
+    if matches!(end, End::Finished | End::Failed(_)) {
+        if let Some(problem) = tracks::after_read(tracks, got) {
+            return Ok(End::Unreadable(problem));
+        }
     }
+    Ok(end)
 }

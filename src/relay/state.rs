@@ -107,6 +107,9 @@ pub enum SourcePhase {
     /// The publisher is gone; destinations get a frozen picture and silence until a new one
     /// comes or the grace runs out (`grace_until`).
     Grace,
+    /// The ingest will not give this publisher's stream to the relay (`problem` says why and
+    /// what the streamer should change): nothing is relayed until a new publisher comes.
+    Unreadable,
     Ended,
 }
 
@@ -118,6 +121,9 @@ pub struct SourceState {
     pub publisher: String,
     /// While in grace: unix time at which the relay gives up on a new publisher.
     pub grace_until: Option<u64>,
+    /// While unreadable: why, and what the streamer should change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,6 +249,7 @@ impl Board {
                 since: now,
                 publisher: publisher.to_owned(),
                 grace_until: None,
+                problem: None,
             }),
             changed: Notify::new(),
         }
@@ -261,6 +268,9 @@ impl Board {
             if phase != SourcePhase::Grace {
                 source.grace_until = None;
             }
+            if phase != SourcePhase::Unreadable {
+                source.problem = None;
+            }
             drop(source);
             self.touch();
         }
@@ -270,6 +280,13 @@ impl Board {
     pub fn grace(&self, until: u64) {
         self.source(SourcePhase::Grace);
         self.source.lock().unwrap().grace_until = Some(until);
+        self.touch();
+    }
+
+    /// The ingest will not give the publisher's stream: `problem` says why.
+    pub fn unreadable(&self, problem: &str) {
+        self.source(SourcePhase::Unreadable);
+        self.source.lock().unwrap().problem = Some(problem.to_owned());
         self.touch();
     }
 
@@ -296,6 +313,9 @@ impl Board {
                 "publisher gone, waiting {} s for it | {status}",
                 until.saturating_sub(unix_now())
             );
+        }
+        if let (SourcePhase::Unreadable, Some(problem)) = (source.state, &source.problem) {
+            status = format!("{problem} | {status}").replace(['\n', '\r'], " ");
         }
         let json = serde_json::to_string_pretty(&Snapshot {
             version: STATE_VERSION,
@@ -411,6 +431,27 @@ mod tests {
         b.source(SourcePhase::Live);
         let (status, _) = b.render(&mut [dest(0, "youtube")], &Default::default());
         assert!(status.starts_with("1 destination:"), "{status}");
+    }
+
+    #[test]
+    fn an_unreadable_stream_says_why_until_the_next_publisher() {
+        let b = Board::new("k", "conn-1");
+        b.unreadable("audio is MPEG-1/2 Audio: set the encoder's audio to AAC");
+        let (status, json) = b.render(&mut [dest(0, "youtube")], &Default::default());
+        assert!(
+            status.starts_with(
+                "audio is MPEG-1/2 Audio: set the encoder's audio to AAC | 1 destination:"
+            ),
+            "{status}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["source"]["state"], "unreadable");
+        assert!(v["source"]["problem"].as_str().unwrap().contains("AAC"));
+        b.source(SourcePhase::Starting);
+        let (status, json) = b.render(&mut [dest(0, "youtube")], &Default::default());
+        assert!(status.starts_with("1 destination:"), "{status}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["source"]["problem"], serde_json::Value::Null);
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl Scene {
     /// A live H.264 + AAC encode published over SRT to live/<key>, as OBS's SRT output or an IRL
     /// encoder set to AAC sends it (MPEG-TS; ffmpeg's own default audio there would be MP2).
     pub fn publish_srt(&self, key: &str) -> Publisher {
+        self.publish_srt_audio(key, "aac")
+    }
+
+    /// Like `publish_srt`, with audio in `codec` (`mp2`: what ffmpeg sends in MPEG-TS unless
+    /// told otherwise).
+    pub fn publish_srt_audio(&self, key: &str, codec: &str) -> Publisher {
         super::media::encode(
             &[
                 "-c:v",
@@ -102,7 +108,7 @@ impl Scene {
                 "-pix_fmt",
                 "yuv420p",
                 "-c:a",
-                "aac",
+                codec,
                 "-b:a",
                 "96k",
             ],
