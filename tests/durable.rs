@@ -241,7 +241,7 @@ fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
 /// held off here by a drop-in) ends the stream when the grace runs out: the relay keeps the
 /// destinations meanwhile, then within 10 s of the grace's end it is gone, no ffmpeg is left
 /// and the Control Plane has exactly one stream-end (the relay's OnSuccess= runs reconcile,
-/// which finds MediaMTX's unit not running).
+/// which finds the MediaMTX unit recorded for the session not running).
 #[test]
 fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
     let grace = Duration::from_secs(6);
@@ -293,7 +293,8 @@ fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
     let log = s.ingest.log();
     assert_eq!(s.sessions(key), ["auth", "end"], "{log}");
     assert!(
-        log.contains("is not running: no publisher is live"),
+        log.contains(&format!("{key}: session {key}/"))
+            && log.contains("ended: MediaMTX is not running"),
         "{log}"
     );
     assert_eq!(record(&s, key), None);
