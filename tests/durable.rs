@@ -237,6 +237,102 @@ fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     assert_eq!(s.ingest.env_file(key), None);
 }
 
+/// MediaMTX run as another unit than mediamtx.service (a copy of it), its API not configured,
+/// mediamtx.service installed and not running (issue 18): the session records the unit
+/// MediaMTX really runs as, found by its hook; `kill -9` of the relay restarts it in the same
+/// session with no stream-end, through reconcile runs too; `systemctl stop mediamtx` (not
+/// running anyway) changes nothing; stopping the unit MediaMTX runs as ends the stream once.
+#[test]
+fn mediamtx_under_another_unit_name_is_found_by_its_hooks() {
+    const ALT: &str = "ingest-mtx.service";
+    let s = Scene::start_as(
+        "altunit",
+        mtx::VERSION,
+        HookNames::Shipped,
+        Options::default(),
+        ALT,
+    );
+    let m = &s.ingest.machine;
+    m.ok(&[
+        "sed",
+        "-i",
+        "/^NEUSTREAM_MEDIAMTX_API_URL=/d",
+        "/etc/neustream/neustream.env",
+    ]);
+    assert_eq!(
+        m.show(mtx::UNIT, &["ActiveState"])["ActiveState"],
+        "inactive"
+    );
+    let key = "alt_unit_4";
+    let mut feed = go_live(&s, key, "a");
+    let invocation = m.show(ALT, &["InvocationID"])["InvocationID"].clone();
+    let rec = record(&s, key).expect("a session record while live");
+    assert!(
+        rec.contains(&format!("\"unit\": \"{ALT}\""))
+            && rec.contains(&format!("\"invocation\": \"{invocation}\"")),
+        "{rec}"
+    );
+
+    // kill -9 of the relay: restarted, the same session, no stream-end.
+    let before = s.relay(key, &["MainPID"]);
+    let killed = Instant::now();
+    m.ok(&["kill", "-9", &before["MainPID"]]);
+    let restarted = common::wait_for(Duration::from_secs(10), ms(20), || {
+        let p = s.relay(key, &["MainPID", "NRestarts"]);
+        (p["NRestarts"] == "1" && p["MainPID"] != "0" && p["MainPID"] != before["MainPID"])
+            .then(|| killed.elapsed())
+    });
+    let took = restarted.unwrap_or_else(|| panic!("no restart\n{}", s.relay_log(key)));
+    s.wait_relay(key, "active", Duration::from_secs(20));
+    let active = killed.elapsed();
+    let base = s.frames(key);
+    s.wait_receiving(key, &base, 30);
+    eprintln!(
+        "{ALT}: kill -9 of the relay, restarted {took:?} after the kill, active after \
+         {active:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    assert_eq!(relay_state(&s, key), "active");
+    assert_eq!(record(&s, key).as_deref(), Some(rec.as_str()));
+    assert_eq!(
+        s.cp.count_for("POST", STREAM_END, key),
+        0,
+        "{}",
+        s.ingest.log()
+    );
+
+    // mediamtx.service is not how MediaMTX runs here: stopping it changes nothing.
+    m.ok(&["systemctl", "stop", mtx::UNIT]);
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    std::thread::sleep(ms(1000));
+    assert_eq!(relay_state(&s, key), "active");
+    assert_eq!(record(&s, key).as_deref(), Some(rec.as_str()));
+    assert_eq!(
+        s.cp.count_for("POST", STREAM_END, key),
+        0,
+        "{}",
+        s.ingest.log()
+    );
+
+    // Stopping the unit MediaMTX runs as ends the stream, once.
+    let stopped = Instant::now();
+    m.ok(&["systemctl", "stop", ALT]);
+    let ended = wait_all_ended(&s, &[key], 1, Duration::from_secs(10));
+    eprintln!(
+        "systemctl stop {ALT}: returned after {:?}; the stream-end confirmed {ended:?} after \
+         the stop began",
+        stopped.elapsed()
+    );
+    feed.kill();
+    std::thread::sleep(ms(2000));
+    let log = s.ingest.log();
+    assert_eq!(s.sessions(key), ["auth", "end"], "{log}");
+    assert_eq!(s.cp.confirmed_ends(key), 1, "{log}");
+    assert_eq!(record(&s, key), None);
+    assert_eq!(s.ingest.env_file(key), None);
+}
+
 /// With a reconnect grace, a MediaMTX that crashed and is not back within it (its restart
 /// held off here by a drop-in) ends the stream when the grace runs out: the relay keeps the
 /// destinations meanwhile, then within 10 s of the grace's end it is gone, no ffmpeg is left

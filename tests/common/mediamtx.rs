@@ -117,6 +117,9 @@ pub enum HookNames {
 /// A real MediaMTX running as a systemd service in its own test machine.
 pub struct Ingest {
     pub machine: Machine,
+    /// The unit MediaMTX runs as: the shipped mediamtx.service, or a copy of it under another
+    /// name (the shipped one then installed beside it, never started).
+    pub unit: String,
     pub version: String,
     pub rtmp_port: u16,
     pub api_port: u16,
@@ -135,10 +138,14 @@ fn install(
     config: &str,
     settings: &str,
     options: &Options,
+    run_as: &str,
 ) -> (Machine, PathBuf) {
     let binary = binary(version);
     let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
     let mut options = options.clone();
+    if run_as != UNIT {
+        options.units.push((run_as.to_string(), unit.clone()));
+    }
     options.units.push((UNIT.to_string(), unit));
     let machine = Machine::boot_with(label, options);
     let config_path = machine.dir.join("mediamtx.yml");
@@ -164,7 +171,7 @@ fn install(
         s,
         SETTINGS_FILE,
     ]);
-    machine.ok(&["systemctl", "start", UNIT]);
+    machine.ok(&["systemctl", "start", run_as]);
     (machine, config_path)
 }
 
@@ -184,6 +191,18 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
     ) -> Ingest {
+        Self::start_as(label, version, names, control_plane_url, options, UNIT)
+    }
+
+    /// Like `start_with`, MediaMTX run as `unit`: a copy of the shipped mediamtx.service.
+    pub fn start_as(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        control_plane_url: &str,
+        options: Options,
+        unit: &str,
+    ) -> Ingest {
         let (rtmp_port, api_port) = (super::free_port(), super::free_port());
         let mut config = adapt(&shipped_config(), rtmp_port, api_port);
         if names == HookNames::Old {
@@ -195,9 +214,10 @@ impl Ingest {
              NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n\
              NEUSTREAM_RECONNECT_GRACE=0\n"
         );
-        let (machine, config_path) = install(label, version, &config, &settings, &options);
+        let (machine, config_path) = install(label, version, &config, &settings, &options, unit);
         let ingest = Ingest {
             machine,
+            unit: unit.to_string(),
             version: version.to_string(),
             rtmp_port,
             api_port,
@@ -231,6 +251,7 @@ impl Ingest {
             &self.config,
             &self.settings,
             &self.options,
+            &self.unit,
         );
         self.machine = machine;
         self.config_path = config_path;
@@ -305,9 +326,9 @@ impl Ingest {
         self.machine.journal(&[
             "-o",
             "short-monotonic",
-            &format!("_SYSTEMD_UNIT={UNIT}"),
+            &format!("_SYSTEMD_UNIT={}", self.unit),
             "+",
-            &format!("UNIT={UNIT}"),
+            &format!("UNIT={}", self.unit),
             "+",
             "SYSLOG_IDENTIFIER=neustream",
         ])
@@ -316,7 +337,7 @@ impl Ingest {
     /// MediaMTX's own lines (its stdout), without the hooks'.
     pub fn own_log(&self) -> String {
         self.machine
-            .journal(&["-u", UNIT, "-t", "mediamtx", "-o", "cat"])
+            .journal(&["-u", &self.unit, "-t", "mediamtx", "-o", "cat"])
     }
 
     /// MediaMTX's warnings: its lines at level WAR, and any that says "deprecated".

@@ -37,13 +37,24 @@ impl Scene {
 
     /// Like `start`, with more units, drop-ins or a persistent state directory.
     pub fn start_with(label: &str, version: &str, names: HookNames, options: Options) -> Scene {
+        Self::start_as(label, version, names, options, super::mediamtx::UNIT)
+    }
+
+    /// Like `start_with`, MediaMTX run as `unit` (a copy of the shipped mediamtx.service).
+    pub fn start_as(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        options: Options,
+        unit: &str,
+    ) -> Scene {
         let serial = serial();
         let dir = super::scratch(&format!("mediamtx-{label}"));
         let dests = (0..3)
             .map(|i| RtmpServer::start(&dir.join(format!("dest{i}"))))
             .collect();
         let cp = ControlPlaneDouble::start();
-        let ingest = Ingest::start_with(label, version, names, &cp.url(), options);
+        let ingest = Ingest::start_as(label, version, names, &cp.url(), options, unit);
         Scene {
             ingest,
             cp,
