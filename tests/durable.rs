@@ -166,16 +166,35 @@ fn source_state(s: &Scene, key: &str) -> String {
 /// keeps every destination (the same publish session at each) through the crash and
 /// MediaMTX's restart, the publisher's reconnect takes the stream over, and no stream-end is
 /// sent. Then `systemctl stop mediamtx` (on purpose) ends the stream at once, grace or not.
+///
+/// MediaMTX is killed 1 to 3 s after the relay went live (a different time each run): the
+/// relay is then just starting its destinations, and MediaMTX's ExecStopPost= reconcile runs
+/// while the relay enters its grace (issue 18: a reconcile that read the relay's state file
+/// then ended the session).
 #[test]
 fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     let s = Scene::start("k9grace", mtx::VERSION, HookNames::Shipped);
     s.set_grace("20s");
     let key = "crash_grace_2";
-    let mut old = go_live(&s, key, "a");
+    s.add_stream(key);
+    let mut old = s.publish(key, "a");
+    s.wait_relay(key, "active", Duration::from_secs(15));
+    let live = Instant::now();
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
     let old_id = s.publisher_id(key);
     let before = s.relay(key, &["NRestarts", "MainPID"]);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let live_for = ms(1000 + nanos % 2001);
+    std::thread::sleep(live_for.saturating_sub(live.elapsed()));
 
     let pid = mediamtx_pid(&s);
+    eprintln!(
+        "kill -9 of MediaMTX {:?} after the relay went live",
+        live.elapsed()
+    );
     let gap = s.frames(key);
     s.ingest.machine.ok(&["kill", "-9", &pid]);
     old.kill();
