@@ -60,11 +60,13 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
 async fn publish(hook: &Hook) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
+    // Where MediaMTX runs (this hook is its child), for the session record: what lets
+    // reconcile be sure that a session's MediaMTX is gone.
+    let systemd = Systemd::connect(s.unit_timeout).await;
+    let mediamtx = hook::where_mediamtx_runs(systemd.as_ref()).await;
     // Held from before the Control Plane hears of this publish until its relay runs. The
     // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
     // reports its end before our authentication, or then finds us the owner and reports nothing.
-    let systemd = Systemd::connect(s.unit_timeout).await;
-    let mediamtx = hook::where_mediamtx_runs(systemd.as_ref()).await;
     let lock = hook.dir.lock(key)?;
     flush_pending_end(hook).await;
     if let Err(e) = hook.authority.authenticate(key, s.auth_timeout).await {

@@ -221,7 +221,7 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
         unit_timeout: s.unit_timeout,
         deadline: Instant::now() + args.timeout,
     };
-    let publishers = live_publishers(args).await;
+    let publishers = live_publishers(args, false).await;
 
     // Every key with a record, and every key with an env file (a stream the runtime directory
     // remembers that has no record: one started before records existed).
@@ -300,9 +300,12 @@ async fn own_unit(systemd: Option<&Systemd>) -> Option<String> {
 }
 
 /// MediaMTX's publishers by stream key (the last segment of their path), or None when it
-/// cannot be asked.
-async fn live_publishers(args: &ReconcileArgs) -> Option<HashMap<String, String>> {
+/// cannot be asked (said once a run: `again` is false the first time).
+async fn live_publishers(args: &ReconcileArgs, again: bool) -> Option<HashMap<String, String>> {
     let Some(api) = &args.settings.mediamtx_api_url else {
+        if again {
+            return None;
+        }
         info!(
             "NEUSTREAM_MEDIAMTX_API_URL is not set: live sessions end only when the MediaMTX \
              service that carried them is gone"
@@ -317,7 +320,9 @@ async fn live_publishers(args: &ReconcileArgs) -> Option<HashMap<String, String>
                 .collect(),
         ),
         Err(e) => {
-            warn!("MediaMTX's API does not answer: {e}");
+            if !again {
+                warn!("MediaMTX's API does not answer: {e}");
+            }
             None
         }
     }
@@ -424,7 +429,7 @@ impl Reconciler<'_> {
                     continue;
                 }
                 // Asked again: MediaMTX may have changed meanwhile too.
-                let publishers = live_publishers(self.args).await;
+                let publishers = live_publishers(self.args, true).await;
                 *outcome = self.examine_or_log(key, publishers.as_ref()).await;
                 changed |= *outcome != Outcome::RelayRuns;
             }
@@ -491,7 +496,7 @@ impl Reconciler<'_> {
             if matches!(decision, Verdict::End(_)) && publisher != Publisher::Unknown {
                 // MediaMTX was asked before this key's lock was taken: a publisher may have
                 // come (and its `ready` been accepted) since. Ask again, under the lock.
-                let now = live_publishers(self.args).await;
+                let now = live_publishers(self.args, true).await;
                 publisher = publisher_of(key, &session, now.as_ref());
                 decision = verdict(session.state, &publisher, ingest, relay);
             }
