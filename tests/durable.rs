@@ -183,21 +183,19 @@ fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     s.ingest.wait_hooks_done(Duration::from_secs(15));
     let old_id = s.publisher_id(key);
     let before = s.relay(key, &["NRestarts", "MainPID"]);
+    let pid = mediamtx_pid(&s);
+    let gap = s.frames(key);
+    // 1.0 to 2.7 s, and the kill itself takes a few tens of milliseconds.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as u64;
-    let live_for = ms(1000 + nanos % 2001);
+    let live_for = ms(1000 + nanos % 1701);
     std::thread::sleep(live_for.saturating_sub(live.elapsed()));
-
-    let pid = mediamtx_pid(&s);
-    eprintln!(
-        "kill -9 of MediaMTX {:?} after the relay went live",
-        live.elapsed()
-    );
-    let gap = s.frames(key);
     s.ingest.machine.ok(&["kill", "-9", &pid]);
+    let killed_at = live.elapsed();
     old.kill();
+    eprintln!("kill -9 of MediaMTX {killed_at:?} after the relay went live");
     let back = wait_mediamtx_back(&s, &pid);
     // Meanwhile the destinations got the last picture, and the session is still live.
     s.wait_receiving(key, &gap, 10);
