@@ -115,6 +115,8 @@ if (( uninstall )); then
   systemctl disable --now neustream-refresh.timer neustream-reconcile.timer 2>/dev/null || true
   systemctl stop 'neustream-relay@*.service' 2>/dev/null || true
   systemctl disable --now neustream-metrics.socket neustream-metrics.service 2>/dev/null || true
+  # What is left: the slice (and anything still in it), a reconcile or refresh run.
+  systemctl stop neustream.slice 'neustream*' 2>/dev/null || true
   log "removing the files install.sh installed"
   while IFS= read -r path; do
     [[ -n $path && ( -e $path || -L $path ) ]] || continue
@@ -124,8 +126,11 @@ if (( uninstall )); then
   rm -f -- "$MANIFEST"
   rmdir --ignore-fail-on-non-empty "$STATE_DIR" 2>/dev/null || true
   rm -rf /run/neustream
+  # Units whose files are gone are unloaded once inactive and not failed.
+  systemctl reset-failed 'neustream*' mediamtx.service 2>/dev/null || true
   systemctl daemon-reload
-  systemctl reset-failed 'neustream-relay@*.service' mediamtx.service 2>/dev/null || true
+  left=$(systemctl list-units --all --plain --no-legend 'neustream*' | awk '{print $1}' | xargs)
+  [[ -z $left ]] || note "still loaded (see systemctl status): $left"
   log "uninstalled; kept: $CONF_DIR (configuration) and the user mediamtx"
   exit 0
 fi

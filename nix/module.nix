@@ -295,9 +295,11 @@ in
       description = ''
         How often neustream-reconcile.timer runs `neustream reconcile`, which sends every
         stream-end the Control Plane has not confirmed yet (it was down when the stream ended)
-        and ends sessions whose publisher vanished without an unpublish hook. A systemd time
-        span (`OnUnitActiveSec=`). MediaMTX's unit also runs it whenever MediaMTX stops, fails
-        or starts.
+        and ends sessions whose publisher vanished without an unpublish hook: never while
+        their relay runs, and only when MediaMTX's API shows no publisher or the MediaMTX
+        service that carried the session (recorded by its hook) is gone. A systemd time span
+        (`OnUnitActiveSec=`). MediaMTX's unit also runs it whenever MediaMTX stops, fails or
+        starts.
       '';
     };
 
@@ -641,8 +643,9 @@ in
       serviceConfig = lib.mkMerge [
         {
           # No publisher is live while MediaMTX is not running: before it starts (boot,
-          # restart) and once it stopped or failed (kill -9, OOM), end every recorded session,
-          # stop every relay and report the ends; bounded, "-" so that it never blocks MediaMTX.
+          # restart) and once it stopped or failed (kill -9, OOM), end the sessions it carried
+          # whose relay no longer runs (a stop on purpose: all of them, relays stopped) and
+          # report the ends; bounded, "-" so that it never blocks MediaMTX.
           ExecStartPre = [ "-${reconcileStopped}" ];
           ExecStopPost = [ "-${reconcileStopped}" ];
           ReadWritePaths = [ stateDir ];

@@ -186,17 +186,6 @@ pub struct HookSettings {
     #[arg(long, env = "NEUSTREAM_MEDIAMTX_API_URL", value_name = "URL")]
     pub mediamtx_api_url: Option<String>,
 
-    /// MediaMTX's systemd unit. `reconcile`: when MediaMTX's API does not answer, this unit
-    /// loaded and not running means no publisher is live. `unpublish`: this unit stopping
-    /// (MediaMTX waits for its hooks) ends a reconnect grace at once.
-    #[arg(
-        long,
-        env = "NEUSTREAM_MEDIAMTX_UNIT",
-        default_value = "mediamtx.service",
-        value_name = "UNIT"
-    )]
-    pub mediamtx_unit: String,
-
     /// Directory of the per-stream env files (created 0700; the files are 0600).
     #[arg(
         long,
@@ -262,11 +251,11 @@ pub struct RefreshArgs {
 
 #[derive(Args, Debug)]
 pub struct ReconcileArgs {
-    /// MediaMTX is not running (its unit's ExecStopPost= and ExecStartPre=): no publisher can
-    /// be live, so every recorded session ends and its relay unit is stopped, without asking
-    /// MediaMTX's API. Except, when MediaMTX failed (SERVICE_RESULT other than `success`) or
-    /// is about to start: a relay inside its reconnect grace keeps its destinations, for the
-    /// publisher to come back to MediaMTX; its session ends when the grace runs out.
+    /// Run by MediaMTX's own unit (its ExecStopPost= and ExecStartPre=): MediaMTX is not
+    /// running. Sessions it carried whose relay does not run end at once (they would anyway:
+    /// their unit is not active); with SERVICE_RESULT=success (stopped on purpose) every one of
+    /// them ends and its relay is stopped, grace or not. A failure is a publisher drop: a
+    /// running relay keeps its session, and ends it when its grace runs out.
     #[arg(long)]
     pub mediamtx_stopped: bool,
 
@@ -275,9 +264,6 @@ pub struct ReconcileArgs {
     /// `oom-kill`, ...: it failed, a crash is a publisher drop).
     #[arg(long, env = "SERVICE_RESULT", value_name = "RESULT")]
     pub service_result: Option<String>,
-
-    #[command(flatten)]
-    pub relays: RelaysDirArg,
 
     /// Longest this run may take; stream-ends still unconfirmed then stay queued for the
     /// next run. Keeps timer runs from piling up.

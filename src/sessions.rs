@@ -82,6 +82,32 @@ pub struct Session {
     pub attempts: u32,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Where MediaMTX ran when `ready` accepted the publish; None in a record written before
+    /// this was recorded, or for a session known only by its key.
+    #[serde(default)]
+    pub mediamtx: Option<MediaMtx>,
+}
+
+/// Where the MediaMTX that carried a publish runs, as its hook found it (a hook is MediaMTX's
+/// child, in MediaMTX's cgroup): what lets `neustream reconcile` be sure that MediaMTX, and
+/// so the publisher, is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "runs", rename_all = "snake_case")]
+pub enum MediaMtx {
+    /// As this systemd service, in this invocation of it (`InvocationID`, new at every start,
+    /// an automatic restart too).
+    Unit { unit: String, invocation: String },
+    /// Not as a systemd service (by hand, in a container, ...), or systemd could not say: why.
+    NotAUnit { why: String },
+}
+
+impl std::fmt::Display for MediaMtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MediaMtx::Unit { unit, invocation } => write!(f, "{unit} (invocation {invocation})"),
+            MediaMtx::NotAUnit { why } => write!(f, "not a systemd service ({why})"),
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -100,7 +126,12 @@ fn now_ms() -> u128 {
 
 impl Session {
     /// The record of a publish the Control Plane has just accepted.
-    pub fn accepted(key: &StreamKey, source_id: &str, source_type: &str) -> Session {
+    pub fn accepted(
+        key: &StreamKey,
+        source_id: &str,
+        source_type: &str,
+        mediamtx: Option<MediaMtx>,
+    ) -> Session {
         Session {
             format: FORMAT,
             key: key.to_string(),
@@ -113,13 +144,14 @@ impl Session {
             end_reason: None,
             attempts: 0,
             last_error: None,
+            mediamtx,
         }
     }
 
     /// A session of which only the key is known (its record was unreadable, or it predates the
     /// record: an env file left in the runtime directory).
     pub fn unknown(key: &StreamKey, source_id: &str) -> Session {
-        let mut s = Session::accepted(key, source_id, "");
+        let mut s = Session::accepted(key, source_id, "", None);
         s.id = format!("{key}/{source_id}/unknown");
         s.accepted_at = 0;
         s
@@ -288,7 +320,11 @@ mod tests {
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let key = StreamKey::parse("k-1").unwrap();
         assert_eq!(sd.load(&key).unwrap(), None);
-        let mut s = Session::accepted(&key, "c0ffee", "rtmpConn");
+        let where_ = MediaMtx::Unit {
+            unit: "mediamtx.service".into(),
+            invocation: "0123abcd".into(),
+        };
+        let mut s = Session::accepted(&key, "c0ffee", "rtmpConn", Some(where_));
         assert!(s.id.starts_with("k-1/c0ffee/"), "{}", s.id);
         sd.save(&s).unwrap();
         assert_eq!(fs::metadata(sd.path(&key)).unwrap().mode() & 0o777, 0o600);
@@ -308,11 +344,36 @@ mod tests {
     }
 
     #[test]
+    fn where_mediamtx_runs_is_recorded_and_older_records_still_read() {
+        let dir = tempdir("where");
+        let sd = SessionDir::open(&dir).unwrap();
+        let key = StreamKey::parse("k5").unwrap();
+        let elsewhere = MediaMtx::NotAUnit {
+            why: "its hook runs in no unit".into(),
+        };
+        let s = Session::accepted(&key, "a", "rtmpConn", Some(elsewhere.clone()));
+        sd.save(&s).unwrap();
+        let text = fs::read_to_string(sd.path(&key)).unwrap();
+        assert!(text.contains("\"runs\": \"not_a_unit\""), "{text}");
+        assert_eq!(sd.load(&key).unwrap().unwrap().mediamtx, Some(elsewhere));
+        // A record of the version before: no `mediamtx`, same format.
+        fs::write(
+            sd.path(&key),
+            r#"{"format":1,"key":"k5","id":"k5/a/1","source_id":"a","source_type":"rtmpConn",
+                "accepted_at":1,"state":"live"}"#,
+        )
+        .unwrap();
+        let old = sd.load(&key).unwrap().unwrap();
+        assert_eq!((old.state, old.mediamtx), (State::Live, None));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_failed_write_keeps_the_previous_record_and_leaves_no_temporary_file() {
         let dir = tempdir("fail");
         let sd = SessionDir::open(&dir).unwrap();
         let key = StreamKey::parse("k2").unwrap();
-        let live = Session::accepted(&key, "a", "rtmpConn");
+        let live = Session::accepted(&key, "a", "rtmpConn", None);
         sd.save(&live).unwrap();
         // A read-only directory makes the temporary file impossible (root ignores modes, so
         // the rename is made to fail instead: a directory where the temporary file goes).

@@ -76,6 +76,34 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// `systemd-escape --unescape STRING`: the inverse of [`escape`].
+pub fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 2..i + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], bytes.get(i + 1), hex) {
+            (b'\\', Some(b'x'), Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b'-', ..) => {
+                out.push(b'/');
+                i += 1;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub struct Systemd {
     manager: ManagerProxy<'static>,
 }
@@ -142,17 +170,6 @@ impl Systemd {
             .active_state()
             .await
             .map_err(|e| call_error("query", unit, e))
-    }
-
-    /// Whether the unit's processes run (`active`, `reloading`, `deactivating`), or not
-    /// (`inactive`, `failed`, `activating`: before its ExecStart, or waiting for an automatic
-    /// restart); `None` when systemd has no such unit loaded (it is not how that program
-    /// runs here, so nothing can be told from it).
-    pub async fn running(&self, unit: &str) -> Result<Option<bool>, SystemdError> {
-        Ok(self
-            .loaded_state(unit)
-            .await?
-            .map(|state| matches!(state.as_str(), "active" | "reloading" | "deactivating")))
     }
 
     /// The unit's ActiveState if systemd has it loaded (`ListUnitsByPatterns`, which needs no
@@ -249,6 +266,72 @@ impl Systemd {
     }
 }
 
+/// One loaded unit as systemd sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitRun {
+    pub unit: String,
+    /// `ActiveState`: `active`, `reloading`, `activating`, `deactivating`, `inactive`, `failed`.
+    pub active_state: String,
+    /// `InvocationID` in hex: a new one at every start (an automatic restart too); empty
+    /// before the first.
+    pub invocation: String,
+}
+
+impl Systemd {
+    /// The unit whose cgroup holds process `pid` (`GetUnitByPID`: systemd reads the process's
+    /// cgroup, in its own namespaces), or None when it belongs to no loaded unit (a process
+    /// of another PID or cgroup namespace, a login session's scope is a unit too). Needs no
+    /// authorization.
+    pub async fn unit_of_pid(&self, pid: u32) -> Result<Option<String>, SystemdError> {
+        let label = format!("the unit of pid {pid}");
+        let path = match self.manager.get_unit_by_pid(pid).await {
+            Ok(path) => path,
+            Err(e) if is_error(&e, "NoUnitForPID") || is_no_such_unit(&e) => return Ok(None),
+            Err(e) => return Err(call_error("query", &label, e)),
+        };
+        let proxy = self.unit_proxy(path, &label).await?;
+        let id = proxy
+            .id()
+            .await
+            .map_err(|e| call_error("query", &label, e))?;
+        Ok(Some(id))
+    }
+
+    /// `unit`'s ActiveState and InvocationID now (`GetUnit`, which needs no authorization and
+    /// loads nothing); None when systemd has no such unit loaded (it does not run).
+    pub async fn unit_run(&self, unit: &str) -> Result<Option<UnitRun>, SystemdError> {
+        let path = match self.manager.get_unit(unit.into()).await {
+            Ok(path) => path,
+            Err(e) if is_no_such_unit(&e) => return Ok(None),
+            Err(e) => return Err(call_error("query", unit, e)),
+        };
+        let proxy = self.unit_proxy(path, unit).await?;
+        let (state, invocation) = tokio::join!(proxy.active_state(), proxy.invocation_id());
+        Ok(Some(UnitRun {
+            unit: unit.into(),
+            active_state: state.map_err(|e| call_error("query", unit, e))?,
+            invocation: hex(&invocation.map_err(|e| call_error("query", unit, e))?),
+        }))
+    }
+
+    async fn unit_proxy(
+        &self,
+        path: zbus::OwnedObjectPath,
+        label: &str,
+    ) -> Result<UnitProxy<'static>, SystemdError> {
+        UnitProxy::builder(self.manager.inner().connection())
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| call_error("query", label, e))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What systemd itself knows of one relay unit: its state and its own resource accounting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitUsage {
@@ -316,8 +399,13 @@ impl Systemd {
 }
 
 fn is_no_such_unit(err: &zbus::Error) -> bool {
-    matches!(err, zbus::Error::MethodError(name, _, _)
-        if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit")
+    is_error(err, "NoSuchUnit")
+}
+
+/// Whether `err` is systemd's error `org.freedesktop.systemd1.<name>`.
+fn is_error(err: &zbus::Error, name: &str) -> bool {
+    matches!(err, zbus::Error::MethodError(error, _, _)
+        if error.as_str().strip_prefix("org.freedesktop.systemd1.") == Some(name))
 }
 
 fn call_error(verb: &'static str, unit: &str, err: zbus::Error) -> SystemdError {
@@ -387,6 +475,15 @@ mod tests {
         for (key, want) in keys.iter().zip(expected) {
             assert_eq!(escape(key), want, "key {key}");
         }
+    }
+
+    #[test]
+    fn unescapes_what_it_escapes() {
+        for key in ["abc123", "a-b", "a_b", ".x", "--x", "-", "a/b c", "é"] {
+            assert_eq!(unescape(&escape(key)), key, "{key}");
+        }
+        assert_eq!(unescape("ab\\x2d1"), "ab-1");
+        assert_eq!(unescape("a\\xZZ"), "a\\xZZ");
     }
 
     #[test]

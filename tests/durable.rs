@@ -166,19 +166,36 @@ fn source_state(s: &Scene, key: &str) -> String {
 /// keeps every destination (the same publish session at each) through the crash and
 /// MediaMTX's restart, the publisher's reconnect takes the stream over, and no stream-end is
 /// sent. Then `systemctl stop mediamtx` (on purpose) ends the stream at once, grace or not.
+///
+/// MediaMTX is killed 1 to 3 s after the relay went live (a different time each run): the
+/// relay is then just starting its destinations, and MediaMTX's ExecStopPost= reconcile runs
+/// while the relay enters its grace (issue 18: a reconcile that read the relay's state file
+/// then ended the session).
 #[test]
 fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     let s = Scene::start("k9grace", mtx::VERSION, HookNames::Shipped);
     s.set_grace("20s");
     let key = "crash_grace_2";
-    let mut old = go_live(&s, key, "a");
+    s.add_stream(key);
+    let mut old = s.publish(key, "a");
+    s.wait_relay(key, "active", Duration::from_secs(15));
+    let live = Instant::now();
+    s.ingest.wait_hooks_done(Duration::from_secs(15));
     let old_id = s.publisher_id(key);
     let before = s.relay(key, &["NRestarts", "MainPID"]);
-
     let pid = mediamtx_pid(&s);
     let gap = s.frames(key);
+    // 1.0 to 2.7 s, and the kill itself takes a few tens of milliseconds.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let live_for = ms(1000 + nanos % 1701);
+    std::thread::sleep(live_for.saturating_sub(live.elapsed()));
     s.ingest.machine.ok(&["kill", "-9", &pid]);
+    let killed_at = live.elapsed();
     old.kill();
+    eprintln!("kill -9 of MediaMTX {killed_at:?} after the relay went live");
     let back = wait_mediamtx_back(&s, &pid);
     // Meanwhile the destinations got the last picture, and the session is still live.
     s.wait_receiving(key, &gap, 10);
@@ -237,11 +254,107 @@ fn with_a_grace_a_mediamtx_crash_is_a_publisher_drop() {
     assert_eq!(s.ingest.env_file(key), None);
 }
 
+/// MediaMTX run as another unit than mediamtx.service (a copy of it), its API not configured,
+/// mediamtx.service installed and not running (issue 18): the session records the unit
+/// MediaMTX really runs as, found by its hook; `kill -9` of the relay restarts it in the same
+/// session with no stream-end, through reconcile runs too; `systemctl stop mediamtx` (not
+/// running anyway) changes nothing; stopping the unit MediaMTX runs as ends the stream once.
+#[test]
+fn mediamtx_under_another_unit_name_is_found_by_its_hooks() {
+    const ALT: &str = "ingest-mtx.service";
+    let s = Scene::start_as(
+        "altunit",
+        mtx::VERSION,
+        HookNames::Shipped,
+        Options::default(),
+        ALT,
+    );
+    let m = &s.ingest.machine;
+    m.ok(&[
+        "sed",
+        "-i",
+        "/^NEUSTREAM_MEDIAMTX_API_URL=/d",
+        "/etc/neustream/neustream.env",
+    ]);
+    assert_eq!(
+        m.show(mtx::UNIT, &["ActiveState"])["ActiveState"],
+        "inactive"
+    );
+    let key = "alt_unit_4";
+    let mut feed = go_live(&s, key, "a");
+    let invocation = m.show(ALT, &["InvocationID"])["InvocationID"].clone();
+    let rec = record(&s, key).expect("a session record while live");
+    assert!(
+        rec.contains(&format!("\"unit\": \"{ALT}\""))
+            && rec.contains(&format!("\"invocation\": \"{invocation}\"")),
+        "{rec}"
+    );
+
+    // kill -9 of the relay: restarted, the same session, no stream-end.
+    let before = s.relay(key, &["MainPID"]);
+    let killed = Instant::now();
+    m.ok(&["kill", "-9", &before["MainPID"]]);
+    let restarted = common::wait_for(Duration::from_secs(10), ms(20), || {
+        let p = s.relay(key, &["MainPID", "NRestarts"]);
+        (p["NRestarts"] == "1" && p["MainPID"] != "0" && p["MainPID"] != before["MainPID"])
+            .then(|| killed.elapsed())
+    });
+    let took = restarted.unwrap_or_else(|| panic!("no restart\n{}", s.relay_log(key)));
+    s.wait_relay(key, "active", Duration::from_secs(20));
+    let active = killed.elapsed();
+    let base = s.frames(key);
+    s.wait_receiving(key, &base, 30);
+    eprintln!(
+        "{ALT}: kill -9 of the relay, restarted {took:?} after the kill, active after \
+         {active:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    assert_eq!(relay_state(&s, key), "active");
+    assert_eq!(record(&s, key).as_deref(), Some(rec.as_str()));
+    assert_eq!(
+        s.cp.count_for("POST", STREAM_END, key),
+        0,
+        "{}",
+        s.ingest.log()
+    );
+
+    // mediamtx.service is not how MediaMTX runs here: stopping it changes nothing.
+    m.ok(&["systemctl", "stop", mtx::UNIT]);
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    std::thread::sleep(ms(1000));
+    assert_eq!(relay_state(&s, key), "active");
+    assert_eq!(record(&s, key).as_deref(), Some(rec.as_str()));
+    assert_eq!(
+        s.cp.count_for("POST", STREAM_END, key),
+        0,
+        "{}",
+        s.ingest.log()
+    );
+
+    // Stopping the unit MediaMTX runs as ends the stream, once.
+    let stopped = Instant::now();
+    m.ok(&["systemctl", "stop", ALT]);
+    let ended = wait_all_ended(&s, &[key], 1, Duration::from_secs(10));
+    eprintln!(
+        "systemctl stop {ALT}: returned after {:?}; the stream-end confirmed {ended:?} after \
+         the stop began",
+        stopped.elapsed()
+    );
+    feed.kill();
+    std::thread::sleep(ms(2000));
+    let log = s.ingest.log();
+    assert_eq!(s.sessions(key), ["auth", "end"], "{log}");
+    assert_eq!(s.cp.confirmed_ends(key), 1, "{log}");
+    assert_eq!(record(&s, key), None);
+    assert_eq!(s.ingest.env_file(key), None);
+}
+
 /// With a reconnect grace, a MediaMTX that crashed and is not back within it (its restart
 /// held off here by a drop-in) ends the stream when the grace runs out: the relay keeps the
 /// destinations meanwhile, then within 10 s of the grace's end it is gone, no ffmpeg is left
 /// and the Control Plane has exactly one stream-end (the relay's OnSuccess= runs reconcile,
-/// which finds MediaMTX's unit not running).
+/// which finds the MediaMTX unit recorded for the session not running).
 #[test]
 fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
     let grace = Duration::from_secs(6);
@@ -293,7 +406,8 @@ fn with_a_grace_a_mediamtx_not_back_in_time_ends_the_stream_once() {
     let log = s.ingest.log();
     assert_eq!(s.sessions(key), ["auth", "end"], "{log}");
     assert!(
-        log.contains("is not running: no publisher is live"),
+        log.contains(&format!("{key}: session {key}/"))
+            && log.contains("ended: MediaMTX is not running"),
         "{log}"
     );
     assert_eq!(record(&s, key), None);
@@ -521,11 +635,12 @@ fn a_clean_reboot_reports_the_end_once() {
     assert!(!on_host.exists());
 }
 
-/// A session whose publisher vanished without its unpublish hook (here: a relay and a record
-/// made by hand for a key nobody publishes, beside a live stream): `systemctl start
-/// neustream-reconcile` (as the timer does; user mediamtx, its sandbox, the polkit rule) asks
-/// MediaMTX's API, stops the orphan's relay and reports its end once, and leaves the live stream
-/// alone: no end for a key that is live.
+/// A session whose publisher vanished without its unpublish hook, its relay gone (here: an env
+/// file and a record made by hand for a key nobody publishes, beside a live stream):
+/// `systemctl start neustream-reconcile` (as the timer does; user mediamtx, its sandbox) asks
+/// MediaMTX's API and reports its end once, and leaves the live stream alone: no end for a key
+/// that is live. (A relay that runs owns its session: see a_crashed_relay_is_restarted_never_ended
+/// in tests/system.rs.)
 #[test]
 fn reconcile_ends_a_session_without_publisher_and_leaves_live_ones() {
     let s = Scene::start("orphan", mtx::VERSION, HookNames::Shipped);
@@ -534,14 +649,13 @@ fn reconcile_ends_a_session_without_publisher_and_leaves_live_ones() {
     let _feed = go_live(&s, live, "a");
     let ghost = "ghost_key";
     s.add_stream(ghost);
-    // The live stream's env file and record, renamed: a relay that runs and a session the
-    // Control Plane holds, with no publisher on live/ghost_key.
+    // The live stream's env file and record, renamed: a session the Control Plane holds, with
+    // no publisher on live/ghost_key and no relay running.
     let script = format!(
         "set -e; cd /run/neustream/streams; cp -p {live}.env {ghost}.env; \
          sed -i 's/^NEUSTREAM_STREAM_KEY=.*/NEUSTREAM_STREAM_KEY=\"{ghost}\"/' {ghost}.env; \
          sed 's/\"{live}/\"{ghost}/g' {SESSIONS}/{live}.json > {SESSIONS}/{ghost}.json; \
-         chown mediamtx: {SESSIONS}/{ghost}.json; chmod 600 {SESSIONS}/{ghost}.json; \
-         systemctl start neustream-relay@{ghost}.service"
+         chown mediamtx: {SESSIONS}/{ghost}.json; chmod 600 {SESSIONS}/{ghost}.json"
     );
     let out = m.sh(&script);
     assert!(
@@ -549,7 +663,7 @@ fn reconcile_ends_a_session_without_publisher_and_leaves_live_ones() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(relay_state(&s, ghost), "active");
+    assert_eq!(relay_state(&s, ghost), "inactive");
 
     m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
     let p = m.show("neustream-reconcile.service", &["Result", "User"]);

@@ -188,6 +188,22 @@ fn install_config(machine: &Machine, from: &Path, to: &str, mode: &str) {
     ]);
 }
 
+/// `systemctl list-units --all 'neustream*'`: every Neustream unit systemd still has loaded,
+/// in any state.
+fn neustream_units(machine: &Machine) -> String {
+    machine
+        .ok(&[
+            "systemctl",
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "neustream*",
+        ])
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     let _slot = common::stack::slot(1);
@@ -502,7 +518,14 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     assert!(!said.contains("installed /"), "{said}");
     assert_eq!((host.snapshot(), host.main_pid()), before, "{said}");
 
-    // --uninstall: no unit, no binary; configuration kept as it was.
+    // --uninstall: no unit, no binary; configuration kept as it was. A relay left failed
+    // (started without its env file: exit 78) goes too.
+    let failed = "neustream-relay@left_failed.service";
+    host.machine.run(&["systemctl", "start", failed]);
+    assert_eq!(
+        host.machine.show(failed, &["ActiveState"])["ActiveState"],
+        "failed"
+    );
     let config_before: Vec<String> = CONFIG
         .iter()
         .map(|c| host.machine.ok(&["sha256sum", c]))
@@ -511,6 +534,7 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert_eq!(host.present(&INSTALLED), Vec::<String>::new(), "{said}");
+    assert_eq!(neustream_units(&host.machine), "", "{said}");
     for path in INSTALLED.iter().filter(|p| !p.starts_with("/var/lib")) {
         assert!(said.contains(&format!("removed {path}\n")), "{said}");
     }
@@ -552,5 +576,6 @@ fn a_new_user_installs_streams_reinstalls_and_uninstalls() {
     let out = host.install(&[], &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(host.present(&INSTALLED), Vec::<String>::new());
+    assert_eq!(neustream_units(&host.machine), "", "{}", text(&out));
     assert_eq!(host.present(&CONFIG), CONFIG);
 }

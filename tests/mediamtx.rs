@@ -59,7 +59,8 @@ fn publish_and_stop(label: &str, version: &str, names: HookNames) {
     let log = s.ingest.log();
     assert!(
         log.contains(&format!(
-            "{key}: accepted by the Control Plane (publisher {id})"
+            "{key}: accepted by the Control Plane (publisher {id}; MediaMTX: {} (invocation ",
+            mtx::UNIT
         )),
         "{log}"
     );

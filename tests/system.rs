@@ -17,6 +17,9 @@
 //! 9. the_journal_tells_operators_which_stream_and_destination
 //! 10. twenty_streams_at_once
 //!
+//! 11. a_crashed_relay_is_restarted_never_ended (issue 18)
+//! 12. a_failed_relay_stays_failed_until_its_key_publishes_again (issue 18)
+//!
 //! plus env_file_round_trips_through_systemd_environment_file.
 
 mod common;
@@ -364,6 +367,227 @@ fn systemd_owns_the_relay_restarts_limits_and_cgroup() {
     let new_main = assert_relay_alone_in_cgroup(&s, key);
     assert_ne!(new_main, old_main, "the old relay survived");
     s.assert_secrets_kept(&keys(&dests));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18: reconcile on a host where MediaMTX is not run by mediamtx.service and its API is not
+// configured. The shipped mediamtx.service is installed, never started; the hooks run by hand.
+
+/// The shipped mediamtx.service, installed but never started, and the units' settings file
+/// (reconcile runs as the timer runs it): the Control Plane double, no MediaMTX API.
+fn without_mediamtx_service() -> Options {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/mediamtx.service"),
+    )
+    .unwrap();
+    Options {
+        units: vec![("mediamtx.service".into(), unit)],
+        ..Options::default()
+    }
+}
+
+const NO_API: &[&str] = &["NEUSTREAM_MEDIAMTX_API_URL"];
+
+fn write_settings(s: &Stack) {
+    let settings = format!(
+        "CONTROL_PLANE_URL={}\nNEUSTREAM_INGEST_URL=rtmp://127.0.0.1:{}\n\
+         NEUSTREAM_RECONNECT_GRACE=0\n",
+        s.cp.url(),
+        s.ingest.port
+    );
+    let path = s.dir.join("neustream.env");
+    std::fs::write(&path, settings).unwrap();
+    s.machine.ok(&[
+        "install",
+        "-D",
+        "-m",
+        "0640",
+        "-o",
+        "root",
+        "-g",
+        "mediamtx",
+        path.to_str().unwrap(),
+        "/etc/neustream/neustream.env",
+    ]);
+}
+
+/// The runs of neustream-reconcile.service so far (each logs one summary line).
+fn reconcile_runs(m: &Machine) -> Vec<String> {
+    m.journal(&["-u", "neustream-reconcile.service", "-o", "cat"])
+        .lines()
+        .filter(|l| l.starts_with("reconcile: "))
+        .map(str::to_string)
+        .collect()
+}
+
+const STREAM_END: &str = "/api/auth/stream-end";
+
+/// A crashed relay is restarted, never ended: `kill -9` of a live relay's main process
+/// (an OOM kill, a crash) restarts it within 3 s, in the same session, the destinations receive
+/// again and no stream-end is sent, although systemd 252 runs the relay's OnSuccess= reconcile
+/// on that restart and mediamtx.service is loaded and not running. 70 s later, past a run of
+/// the real neustream-reconcile.timer, the relay still runs and still no stream-end was sent.
+#[test]
+fn a_crashed_relay_is_restarted_never_ended() {
+    let s = Stack::boot_with("crashrelay", without_mediamtx_service(), 1);
+    let m = &s.machine;
+    write_settings(&s);
+    m.ok(&["systemctl", "start", "neustream-reconcile.timer"]);
+    assert_eq!(
+        m.show("mediamtx.service", &["LoadState", "ActiveState"])["ActiveState"],
+        "inactive"
+    );
+    let servers = servers(&s, 2);
+    let dests = dests(&servers, "crash");
+    let key = "crash01";
+    let source = stack::source_id(1);
+    stack::add_stream(&s.cp, key, &dests);
+    let _publisher = publish(&s, key);
+    let run = s.hook_unset("ready", key, &source, &[], NO_API);
+    s.assert_ok(&run, key);
+    stack::wait_receiving(&dests, None, 30, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", s.relay_log(key)));
+    let record_path = format!("/var/lib/neustream/sessions/{key}.json");
+    let record = s.read(&record_path);
+    assert!(
+        record.contains("\"runs\": \"not_a_unit\""),
+        "a hook run by hand is not in MediaMTX's service: {record}"
+    );
+
+    let before = s.relay(key, &["MainPID", "NRestarts"]);
+    let runs_before = reconcile_runs(m).len();
+    let killed = Instant::now();
+    m.ok(&["kill", "-9", &before["MainPID"]]);
+    // Restarted: a new main process runs (the unit is `active` once it reads the stream again).
+    let restarted = common::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        let p = s.relay(key, &["MainPID", "NRestarts"]);
+        (p["NRestarts"] == "1" && p["MainPID"] != "0" && p["MainPID"] != before["MainPID"])
+            .then(|| killed.elapsed())
+    });
+    let took = restarted.unwrap_or_else(|| {
+        panic!(
+            "no restart after kill -9: {:?}\n{}",
+            s.relay(key, &["MainPID", "NRestarts", "ActiveState", "Result"]),
+            s.relay_log(key)
+        )
+    });
+    assert!(
+        m.wait_state(&stack::unit(key), "active", Duration::from_secs(20)),
+        "{}",
+        s.relay_log(key)
+    );
+    let active = killed.elapsed();
+    let after = s.relay(key, &["MainPID", "NRestarts", "ActiveState"]);
+    let base = stack::frames(&dests);
+    let back = stack::wait_receiving(&dests, Some(&base), 30, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", s.relay_log(key)));
+    eprintln!(
+        "kill -9 of the relay: restarted {took:?} after the kill, active (reading the stream) \
+         after {active:?}, destinations receiving again {back:?} later"
+    );
+    assert!(took < Duration::from_secs(3), "restarted after {took:?}");
+    let journal = m.journal(&["-o", "short-monotonic", "-n", "400"]);
+    // systemd 252 runs OnSuccess= on the automatic restart; that run leaves the relay alone.
+    let on_success = s
+        .relay_log(key)
+        .contains("Triggering OnSuccess= dependencies");
+    eprintln!("OnSuccess= triggered by the automatic restart: {on_success}");
+    if on_success {
+        let waited = common::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            (reconcile_runs(m).len() > runs_before).then_some(())
+        });
+        assert!(
+            waited.is_some(),
+            "no reconcile run after OnSuccess=\n{journal}"
+        );
+    }
+    assert_eq!(s.read(&record_path), record, "the same session");
+    assert_eq!(s.cp.count_for("POST", STREAM_END, key), 0, "{journal}");
+
+    // Past a run of the timer (the first one a minute after boot, then every minute).
+    let runs = reconcile_runs(m).len();
+    std::thread::sleep(Duration::from_secs(70));
+    let journal = m.journal(&["-o", "short-monotonic", "-n", "400"]);
+    let all_runs = reconcile_runs(m);
+    assert!(
+        all_runs.len() > runs,
+        "no timer run of reconcile in 70 s\n{journal}"
+    );
+    assert!(
+        all_runs[runs..]
+            .iter()
+            .all(|l| l.contains("1 kept by their running relay")),
+        "{all_runs:?}"
+    );
+    let now = s.relay(key, &["MainPID", "NRestarts", "ActiveState"]);
+    assert_eq!(now, after, "the relay ran on untouched\n{journal}");
+    assert_eq!(s.cp.count_for("POST", STREAM_END, key), 0, "{journal}");
+    assert_eq!(s.read(&record_path), record);
+    let base = stack::frames(&dests);
+    stack::wait_receiving(&dests, Some(&base), 30, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", s.relay_log(key)));
+
+    // Its publisher goes: the unpublish hook ends it, once.
+    let run = s.hook_unset("unpublish", key, &source, &[], NO_API);
+    s.assert_ok(&run, key);
+    assert_eq!(s.cp.count_for("POST", STREAM_END, key), 1);
+    s.assert_secrets_kept(&keys(&dests));
+}
+
+/// Only a new publish resets a failed relay: one started without its env file (exit status 78,
+/// final), after other streams came and went, ends `failed` with 78 for the operator to see
+/// (`systemctl --failed`), and stays so through reconcile runs (the timer's, a relay's
+/// OnSuccess=). Its start is made to take 3 s (ExecStartPre=sleep, as a loaded host can take),
+/// and reconcile runs meanwhile: it never stops a relay that is starting (that replaced the
+/// start job, and the relay ended `inactive`, status 0, its failure unseen).
+#[test]
+fn a_failed_relay_stays_failed_until_its_key_publishes_again() {
+    let mut options = without_mediamtx_service();
+    let failed = stack::unit("noenv01");
+    options.units.push((
+        format!("{failed}.d/slow-start.conf"),
+        "[Service]\nExecStartPre=/bin/sleep 3\n".into(),
+    ));
+    let s = Stack::boot_with("staysfailed", options, 1);
+    let m = &s.machine;
+    write_settings(&s);
+    let servers = servers(&s, 1);
+    let come_and_go = |key: &str, n: u32| {
+        let dests = dests(&servers, key);
+        let source = stack::source_id(n);
+        stack::add_stream(&s.cp, key, &dests);
+        let _publisher = publish(&s, key);
+        s.assert_ok(&s.hook_unset("ready", key, &source, &[], NO_API), key);
+        stack::wait_receiving(&dests, None, 10, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", s.relay_log(key)));
+        s.assert_ok(&s.hook_unset("unpublish", key, &source, &[], NO_API), key);
+    };
+    come_and_go("came01", 1);
+    come_and_go("came02", 2);
+
+    let state = || m.show(&failed, &["ActiveState", "Result", "ExecMainStatus"]);
+    m.ok(&["systemctl", "start", "--no-block", &failed]);
+    assert_eq!(state()["ActiveState"], "activating");
+    // While it starts: a reconcile run as the timer's, and a stream that comes and goes (its
+    // relay's OnSuccess= runs reconcile too).
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    come_and_go("came03", 3);
+    let settled = common::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        let p = state();
+        (p["ActiveState"] != "activating").then_some(p)
+    });
+    let journal = m.journal(&["-o", "short-monotonic", "-n", "300"]);
+    let p = settled.unwrap_or_else(|| panic!("{:?}\n{journal}", state()));
+    let expected = |p: &HashMap<String, String>| {
+        (p["ActiveState"].as_str(), p["ExecMainStatus"].as_str()) == ("failed", "78")
+    };
+    assert!(expected(&p), "{p:?}\n{journal}");
+    m.ok(&["systemctl", "start", "neustream-reconcile.service"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let journal = m.journal(&["-o", "short-monotonic", "-n", "300"]);
+    assert!(expected(&state()), "{:?}\n{journal}", state());
+    let listed = m.ok(&["systemctl", "--failed", "--plain", "--no-legend"]);
+    assert!(listed.contains(&failed), "{listed}");
 }
 
 #[test]

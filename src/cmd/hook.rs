@@ -9,10 +9,10 @@ use super::ConfigError;
 use crate::authority::Authority;
 use crate::cli::{HookArgs, HookSettings};
 use crate::envfile::{self, StreamSpec};
-use crate::sessions::{Session, SessionDir, State};
+use crate::sessions::{MediaMtx, Session, SessionDir, State};
 use crate::stream_key::StreamKey;
 use crate::streamdir::StreamDir;
-use crate::systemd::{self, Systemd};
+use crate::systemd::{self, Systemd, SystemdError};
 
 /// A hook's view of one publisher: who it is, and the clients it talks through.
 pub struct Hook {
@@ -108,11 +108,19 @@ impl Hook {
         // its unit is `deactivating` meanwhile. That (or MediaMTX gone: the hook handed to
         // another parent) ends the stream now, rather than holding the stop for the grace.
         let mediamtx = std::os::unix::process::parent_id();
-        let unit = &self.settings.mediamtx_unit;
         let ask = std::time::Duration::from_secs(1);
         let systemd = Systemd::connect(ask).await.ok();
+        // MediaMTX's own unit, whatever its name (none: MediaMTX is not a systemd service).
+        let unit = match &systemd {
+            Some(systemd) => tokio::time::timeout(ask, mediamtx_unit(systemd))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+            None => None,
+        };
         let stopping = || async {
-            let Some(systemd) = &systemd else {
+            let (Some(systemd), Some(unit)) = (&systemd, &unit) else {
                 return false;
             };
             let state = tokio::time::timeout(ask, systemd.loaded_state(unit)).await;
@@ -270,6 +278,51 @@ impl Hook {
             self.key.as_str(),
         )
         .await
+    }
+}
+
+/// MediaMTX's systemd service, found from this hook's own cgroup: the service whose cgroup
+/// holds both this hook and its parent (MediaMTX starts its hooks itself, so they run in its
+/// cgroup). None when MediaMTX is not a systemd service: started by hand (a login session's
+/// scope), in a container (no unit here), or the hook run by hand.
+pub async fn mediamtx_unit(systemd: &Systemd) -> Result<Option<String>, SystemdError> {
+    let own = systemd.unit_of_pid(std::process::id()).await?;
+    let parent = systemd
+        .unit_of_pid(std::os::unix::process::parent_id())
+        .await?;
+    Ok(own.filter(|own| own.ends_with(".service") && parent.as_ref() == Some(own)))
+}
+
+/// Where the MediaMTX that runs this hook runs, for the session record: its service and that
+/// service's current invocation, or why it is not known.
+pub async fn where_mediamtx_runs(systemd: Result<&Systemd, &SystemdError>) -> MediaMtx {
+    let not_asked = |e: &dyn std::fmt::Display| MediaMtx::NotAUnit {
+        why: format!("systemd could not be asked: {e}"),
+    };
+    let systemd = match systemd {
+        Ok(systemd) => systemd,
+        Err(e) => return not_asked(e),
+    };
+    let find = async {
+        let Some(unit) = mediamtx_unit(systemd).await? else {
+            return Ok::<_, SystemdError>(MediaMtx::NotAUnit {
+                why: "this hook and MediaMTX do not run in one systemd service".into(),
+            });
+        };
+        Ok(match systemd.unit_run(&unit).await? {
+            Some(run) if !run.invocation.is_empty() => MediaMtx::Unit {
+                unit,
+                invocation: run.invocation,
+            },
+            _ => MediaMtx::NotAUnit {
+                why: format!("{unit} has no invocation"),
+            },
+        })
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), find).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => not_asked(&e),
+        Err(_) => not_asked(&"no answer within 5s"),
     }
 }
 

@@ -60,6 +60,10 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
 async fn publish(hook: &Hook) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
+    // Where MediaMTX runs (this hook is its child), for the session record: what lets
+    // reconcile be sure that a session's MediaMTX is gone.
+    let systemd = Systemd::connect(s.unit_timeout).await;
+    let mediamtx = hook::where_mediamtx_runs(systemd.as_ref()).await;
     // Held from before the Control Plane hears of this publish until its relay runs. The
     // unpublish of a publisher this one replaces (OBS reconnecting) runs concurrently: it either
     // reports its end before our authentication, or then finds us the owner and reports nothing.
@@ -80,13 +84,20 @@ async fn publish(hook: &Hook) -> anyhow::Result<()> {
         return Err(e).context("stream not relayed");
     }
     hook.accepted.store(true, Ordering::SeqCst);
-    info!(stream_key = %key, "{key}: accepted by {} (publisher {})", hook.authority, hook.source_id);
+    info!(
+        stream_key = %key,
+        "{key}: accepted by {} (publisher {}; MediaMTX: {mediamtx})",
+        hook.authority, hook.source_id
+    );
 
     // The durable record, before anything else can go wrong: from now on an end of this
     // session is reported whatever happens to MediaMTX, this host or the Control Plane.
-    let session = Session::accepted(key, &hook.source_id, &hook.source_type);
+    let session = Session::accepted(key, &hook.source_id, &hook.source_type, Some(mediamtx));
     let result = match hook.sessions.save(&session) {
-        Ok(()) => start_relay(hook).await,
+        Ok(()) => match &systemd {
+            Ok(systemd) => start_relay(hook, systemd).await,
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        },
         Err(e) => Err(anyhow::Error::new(e).context("cannot record the session")),
     };
     drop(lock);
@@ -130,7 +141,7 @@ async fn flush_pending_end(hook: &Hook) {
     }
 }
 
-async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
+async fn start_relay(hook: &Hook, systemd: &Systemd) -> anyhow::Result<()> {
     let key = &hook.key;
     let s = &hook.settings;
     let forwarding = hook.authority.forwarding(key, s.forwarding_timeout).await?;
@@ -153,7 +164,6 @@ async fn start_relay(hook: &Hook) -> anyhow::Result<()> {
     };
     let contents = spec.render()?;
 
-    let systemd = Systemd::connect(s.unit_timeout).await?;
     let path = hook.dir.write(key, &contents)?;
     if spec.destinations.is_empty() {
         // A stream with nowhere to go is not an error; a relay of an earlier publish must stop.

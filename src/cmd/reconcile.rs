@@ -1,27 +1,34 @@
-//! `neustream reconcile`: ends every recorded session whose publisher is gone and sends every
-//! pending stream-end until the Control Plane confirms it.
+//! `neustream reconcile`: ends every recorded session whose publisher is surely gone and sends
+//! every pending stream-end until the Control Plane confirms it.
 //!
 //! Run by neustream-reconcile.timer (every minute), by every relay unit that ends
-//! (OnSuccess=: a relay whose reconnect grace ran out ends its session at once), and by
+//! (OnSuccess=: a relay whose reconnect grace ran out has its session ended at once), and by
 //! mediamtx.service when MediaMTX stops or fails (ExecStopPost=) and before it starts
 //! (ExecStartPre=, so at boot too), both with `--mediamtx-stopped`. Idempotent and safe at any
 //! time: every key is examined and its stream-end sent under the same per-key lock as the
 //! hooks, after re-reading its record.
 //!
-//! A MediaMTX that fails (kill -9, OOM, a crash) is a publisher drop like any other: a relay
-//! inside its reconnect grace (its state file tells) keeps its destinations and its session,
-//! for the publisher to come back once MediaMTX is back; the session ends when the grace runs
-//! out (the relay ends, and its OnSuccess= runs this). A MediaMTX stopped on purpose
-//! (`systemctl stop` or `restart`, shutdown) ends every session at once.
+//! A live session is ended only when this run is sure its publisher is gone:
+//! - its relay does not run (a running relay owns its session: it knows whether its source is
+//!   gone and whether it keeps the destinations for a grace, and it ends when the grace runs
+//!   out; its OnSuccess= then runs this again). A relay that is `activating` (starting, or
+//!   waiting in `auto-restart` after a crash), `active`, `reloading` or `deactivating` runs,
+//!   and is never stopped by this; and
+//! - MediaMTX's API shows no publisher on the key, or the MediaMTX that carried it is gone:
+//!   the systemd service `ready` found it in (the hook's own cgroup) is no longer active, or
+//!   runs another invocation (it restarted). When neither can tell (no API, MediaMTX not a
+//!   systemd service), the session goes on: an unpublish hook or a new publish settles it.
+//!
+//! MediaMTX stopped on purpose (its ExecStopPost= with SERVICE_RESULT=success: `systemctl
+//! stop`, a restart, shutdown) ends every session it carried at once, and stops their relays.
 //!
 //! The rule that keeps stream-ends exactly once per session, although the Control Plane's
 //! stream-end is per key: under the key's lock, every publish the Control Plane accepted has
 //! replaced the key's record with a `live` one (`ready` saves it right after the 200). So an
 //! `ending` record read under the lock is the end of the session the Control Plane holds,
-//! never of a newer one, and a `live` record is ended only when MediaMTX shows no publisher on
-//! the key at all (or is known to be stopped). The record goes only once the end is confirmed.
+//! never of a newer one. The record goes only once the end is confirmed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,8 +38,7 @@ use super::hook::{self, send_end};
 use crate::authority::Authority;
 use crate::cli::ReconcileArgs;
 use crate::envfile::{self, StreamSpec};
-use crate::operator::relays;
-use crate::sessions::{Session, SessionDir, State};
+use crate::sessions::{MediaMtx, Session, SessionDir, State};
 use crate::stream_key::StreamKey;
 use crate::streamdir::{KeyLock, StreamDir};
 use crate::systemd::{self, Systemd};
@@ -44,6 +50,8 @@ const ATTEMPT: Duration = Duration::from_secs(5);
 /// Waits between delivery rounds double from the first to the last.
 const FIRST_ROUND_WAIT: Duration = Duration::from_secs(1);
 const MAX_ROUND_WAIT: Duration = Duration::from_secs(8);
+/// Longest wait for one answer of systemd about a unit.
+const ASK: Duration = Duration::from_secs(5);
 
 /// Whether the key's publisher is live, as MediaMTX's API tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,55 +66,63 @@ enum Publisher {
     Unknown,
 }
 
-/// Whether MediaMTX runs, as far as this run can tell.
+/// The MediaMTX that carried the session, as systemd tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ingest {
-    /// Running, or cannot tell: its API's answer (if any) decides.
-    Running,
-    /// Not running after a failure, or not started yet: no publisher is live, but one may be
-    /// back within a relay's grace.
-    Down,
-    /// Stopped on purpose (its ExecStopPost= with SERVICE_RESULT=success): every stream ends.
+    /// Its unit runs the recorded invocation.
+    Runs,
+    /// Its unit is no longer active, or runs another invocation: the publisher is gone.
+    Gone(&'static str),
+    /// It was stopped on purpose (this run is its ExecStopPost= with SERVICE_RESULT=success).
     Stopped,
+    /// Cannot tell: not a systemd service, not recorded, or systemd does not answer.
+    Unknown,
+}
+
+/// The session's relay unit, as systemd tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// `activating` (auto-restart included), `active`, `reloading`, `deactivating`: its relay
+    /// decides (systemd could not be asked counts as this).
+    Runs,
+    /// `inactive`, `failed`, or not loaded.
+    Down,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     /// The session goes on.
     Keep,
-    /// No publisher, but its relay is inside its reconnect grace: the session goes on until
-    /// the grace runs out.
-    Grace,
-    /// The session is over: stop its relay, make its stream-end pending, send it.
+    /// Its relay runs and owns the session's fate: it ends when its source is gone for good.
+    RelayRuns,
+    /// The session is over: make its stream-end pending, send it (stopping its relay first
+    /// when MediaMTX was stopped on purpose).
     End(&'static str),
     /// Its stream-end is pending already: send it.
     Send,
 }
 
 /// What becomes of a recorded session. Pure, so that every case is tested below.
-/// `in_grace`: its relay is inside its reconnect grace.
-fn verdict(state: State, publisher: &Publisher, ingest: Ingest, in_grace: bool) -> Verdict {
-    match (state, publisher, ingest) {
-        (State::Ending, _, _) => Verdict::Send,
-        (State::Live, _, Ingest::Stopped) => Verdict::End("MediaMTX was stopped"),
-        (State::Live, _, Ingest::Down) | (State::Live, Publisher::Gone, _) if in_grace => {
-            Verdict::Grace
-        }
-        (State::Live, _, Ingest::Down) => Verdict::End("MediaMTX is not running"),
-        (State::Live, Publisher::Gone, Ingest::Running) => {
+fn verdict(state: State, publisher: &Publisher, ingest: Ingest, relay: Relay) -> Verdict {
+    match (state, publisher, ingest, relay) {
+        (State::Ending, ..) => Verdict::Send,
+        (State::Live, _, Ingest::Stopped, _) => Verdict::End("MediaMTX was stopped"),
+        (State::Live, _, _, Relay::Runs) => Verdict::RelayRuns,
+        (State::Live, Publisher::Gone, _, Relay::Down) => {
             Verdict::End("no publisher left in MediaMTX")
         }
-        (State::Live, Publisher::Recorded | Publisher::Newer(_) | Publisher::Unknown, _) => {
-            Verdict::Keep
+        (State::Live, Publisher::Unknown, Ingest::Gone(reason), Relay::Down) => {
+            Verdict::End(reason)
         }
+        (State::Live, _, _, Relay::Down) => Verdict::Keep,
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Live,
-    /// Kept for its relay's grace: looked at again before the run ends.
-    Grace,
+    /// Kept for its running relay: looked at again before the run ends.
+    RelayRuns,
     Confirmed,
     Pending,
     /// Nothing (left) to do for this key.
@@ -115,12 +131,34 @@ enum Outcome {
     Busy,
 }
 
+/// `--mediamtx-stopped`: this run belongs to a MediaMTX unit that is not running.
+struct Stopping {
+    /// That unit (this process's own); None when systemd could not say.
+    unit: Option<String>,
+    /// SERVICE_RESULT=success: stopped on purpose.
+    on_purpose: bool,
+}
+
+impl Stopping {
+    /// Whether the session's MediaMTX is the one stopped on purpose. A record that does not
+    /// say where MediaMTX ran (written before this was recorded) counts as this unit's.
+    fn stopped_on_purpose(&self, mediamtx: Option<&MediaMtx>) -> bool {
+        self.on_purpose
+            && match (mediamtx, &self.unit) {
+                (Some(MediaMtx::Unit { unit, .. }), Some(own)) => unit == own,
+                (Some(MediaMtx::NotAUnit { .. }), _) => false,
+                (Some(MediaMtx::Unit { .. }), None) | (None, _) => true,
+            }
+    }
+}
+
 struct Reconciler<'a> {
     args: &'a ReconcileArgs,
     authority: Authority,
     dir: StreamDir,
     sessions: SessionDir,
     systemd: Option<Systemd>,
+    stopping: Option<Stopping>,
     unit_timeout: Duration,
     deadline: Instant,
 }
@@ -144,20 +182,46 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     let systemd = match Systemd::connect(s.unit_timeout).await {
         Ok(systemd) => Some(systemd),
         Err(e) => {
-            error!("{e}; relays of ended sessions cannot be stopped by this run");
+            error!(
+                "{e}; this run cannot tell which relays run, so it ends no live session and \
+                 only sends pending stream ends"
+            );
             None
         }
     };
+    let stopping = match args.mediamtx_stopped {
+        false => None,
+        true => Some(Stopping {
+            unit: own_unit(systemd.as_ref()).await,
+            on_purpose: args.service_result.as_deref() == Some("success"),
+        }),
+    };
+    if let Some(stopping) = &stopping {
+        info!(
+            "MediaMTX ({}) {}",
+            stopping.unit.as_deref().unwrap_or("its unit"),
+            match (stopping.on_purpose, args.service_result.as_deref()) {
+                (true, _) => "was stopped on purpose: every session it carried ends".to_string(),
+                (false, Some(result)) => format!(
+                    "failed ({result}): a publisher drop; running relays keep their sessions"
+                ),
+                (false, None) => "is starting: sessions it carried before end, unless their \
+                                  relay runs"
+                    .to_string(),
+            }
+        );
+    }
     let r = Reconciler {
         args,
         authority,
         dir: StreamDir::open(&s.runtime_dir)?,
         sessions: hook::open_sessions(s)?,
         systemd,
+        stopping,
         unit_timeout: s.unit_timeout,
         deadline: Instant::now() + args.timeout,
     };
-    let view = r.look().await;
+    let publishers = live_publishers(args, false).await;
 
     // Every key with a record, and every key with an env file (a stream the runtime directory
     // remembers that has no record: one started before records existed).
@@ -166,18 +230,12 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
         keys.insert(key.to_string(), key);
     }
     let mut outcomes: Vec<(StreamKey, Outcome)> = Vec::new();
-    for key in keys.into_values() {
-        let outcome = match r.examine(&key, &view).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                error!(stream_key = %key, "{key}: {e:#}");
-                Outcome::Pending
-            }
-        };
-        outcomes.push((key, outcome));
+    for key in keys.values() {
+        let outcome = r.examine_or_log(key, publishers.as_ref()).await;
+        outcomes.push((key.clone(), outcome));
     }
-    if view.ingest != Ingest::Running {
-        r.stop_every_relay(view.ingest).await;
+    if r.stopping.as_ref().is_some_and(|s| s.on_purpose) {
+        r.stop_orphan_relays(&keys).await;
     }
 
     // Pending stream-ends, in rounds with doubling waits, while the run's time lasts.
@@ -199,15 +257,15 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
         }
         pending = still;
     }
-    r.after_graces(&mut outcomes, &view).await;
+    r.after_relays(&mut outcomes).await;
 
     let count = |o| outcomes.iter().filter(|(_, x)| *x == o).count();
     let first_pending = count(Outcome::Pending);
     info!(
-        "reconcile: {} live session(s) kept, {} in a reconnect grace, {} stream end(s) \
+        "reconcile: {} live session(s) kept, {} kept by their running relay, {} stream end(s) \
          confirmed, {} pending, {} key(s) busy",
         count(Outcome::Live),
-        count(Outcome::Grace),
+        count(Outcome::RelayRuns),
         count(Outcome::Confirmed) + first_pending - pending.len(),
         pending.len(),
         count(Outcome::Busy)
@@ -226,21 +284,31 @@ async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What this run knows of MediaMTX.
-struct View {
-    /// Its publishers by stream key; none when it cannot be asked (then no live session is
-    /// ended unless MediaMTX is known not to run).
-    publishers: Option<HashMap<String, String>>,
-    ingest: Ingest,
+/// The unit this process runs in (`--mediamtx-stopped`: MediaMTX's, as its ExecStopPost= or
+/// ExecStartPre=), or None.
+async fn own_unit(systemd: Option<&Systemd>) -> Option<String> {
+    let systemd = systemd?;
+    match tokio::time::timeout(ASK, systemd.unit_of_pid(std::process::id())).await {
+        Ok(Ok(Some(unit))) if unit.ends_with(".service") => Some(unit),
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            warn!("{e}");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// MediaMTX's publishers by stream key (the last segment of their path), or None when it
-/// cannot be asked.
-async fn live_publishers(args: &ReconcileArgs) -> Option<HashMap<String, String>> {
+/// cannot be asked (said once a run: `again` is false the first time).
+async fn live_publishers(args: &ReconcileArgs, again: bool) -> Option<HashMap<String, String>> {
     let Some(api) = &args.settings.mediamtx_api_url else {
-        warn!(
-            "NEUSTREAM_MEDIAMTX_API_URL is not set: cannot tell which streams are live; only \
-             pending stream ends are sent"
+        if again {
+            return None;
+        }
+        info!(
+            "NEUSTREAM_MEDIAMTX_API_URL is not set: live sessions end only when the MediaMTX \
+             service that carried them is gone"
         );
         return None;
     };
@@ -252,20 +320,12 @@ async fn live_publishers(args: &ReconcileArgs) -> Option<HashMap<String, String>
                 .collect(),
         ),
         Err(e) => {
-            warn!("MediaMTX's API does not answer: {e}");
+            if !again {
+                warn!("MediaMTX's API does not answer: {e}");
+            }
             None
         }
     }
-}
-
-/// Until when (unix time) the relay of unit instance `instance` keeps its destinations for a
-/// publisher to come back: `Some` while inside its reconnect grace, by its state file in
-/// `relays_dir` (one it has not updated lately is not believed: the relay is gone or hung).
-fn relay_grace(relays_dir: &std::path::Path, instance: &str, now: u64) -> Option<u64> {
-    let state = relays::read_file(&relays_dir.join(instance).join("state.json")).ok()?;
-    let until = state.source.grace_until?;
-    (state.source.state == "grace" && state.age(now) <= relays::STALE_AFTER && until > now)
-        .then_some(until)
 }
 
 /// The key's publisher in MediaMTX's answer, compared with the recorded one.
@@ -286,94 +346,109 @@ fn publisher_of(
     }
 }
 
+/// Whether a relay unit in `state` runs (see [`Relay`]).
+fn relay_runs(state: &str) -> bool {
+    matches!(
+        state,
+        "activating" | "active" | "reloading" | "deactivating"
+    )
+}
+
+/// The recorded MediaMTX's fate from its unit's state now (None: not loaded).
+fn ingest_of(recorded_invocation: &str, now: Option<&systemd::UnitRun>) -> Ingest {
+    match now {
+        None => Ingest::Gone("MediaMTX is not running"),
+        Some(run) if !matches!(run.active_state.as_str(), "active" | "reloading") => {
+            Ingest::Gone("MediaMTX is not running")
+        }
+        Some(run) if run.invocation != recorded_invocation => Ingest::Gone("MediaMTX restarted"),
+        Some(_) => Ingest::Runs,
+    }
+}
+
 impl Reconciler<'_> {
     fn left(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// Asks MediaMTX (or, when its API does not answer, systemd) whether it runs and who
-    /// publishes.
-    async fn look(&self) -> View {
-        let args = self.args;
-        if args.mediamtx_stopped {
-            let on_purpose = args.service_result.as_deref() == Some("success");
-            return View {
-                publishers: Some(HashMap::new()),
-                ingest: if on_purpose {
-                    Ingest::Stopped
-                } else {
-                    Ingest::Down
-                },
-            };
-        }
-        if let Some(publishers) = live_publishers(args).await {
-            return View {
-                publishers: Some(publishers),
-                ingest: Ingest::Running,
-            };
-        }
-        let unit = &args.settings.mediamtx_unit;
-        let running = match &self.systemd {
-            Some(systemd) => systemd.running(unit).await,
-            None => Ok(None),
+    /// The relay unit of `key`: whether it runs. Asked under the key's lock, so that no hook
+    /// starts or stops it meanwhile; systemd not answering counts as running.
+    async fn relay(&self, key: &StreamKey) -> Relay {
+        let Some(systemd) = &self.systemd else {
+            return Relay::Runs;
         };
-        match running {
-            Ok(Some(false)) => {
-                info!("{unit} is not running: no publisher is live");
-                View {
-                    publishers: Some(HashMap::new()),
-                    ingest: Ingest::Down,
-                }
+        let Ok(unit) = systemd::relay_unit(key) else {
+            return Relay::Down; // no such unit can exist
+        };
+        match tokio::time::timeout(ASK, systemd.loaded_state(&unit)).await {
+            Ok(Ok(None)) => Relay::Down,
+            Ok(Ok(Some(state))) if !relay_runs(&state) => Relay::Down,
+            Ok(Ok(Some(_))) => Relay::Runs,
+            Ok(Err(e)) => {
+                warn!(stream_key = %key, "{key}: {e}");
+                Relay::Runs
             }
-            other => {
-                if let Err(e) = other {
-                    warn!("{e}");
-                }
-                warn!(
-                    "cannot tell which streams are live ({unit} runs, or is not how MediaMTX \
-                     runs here); live sessions are left alone, only pending stream ends are sent"
-                );
-                View {
-                    publishers: None,
-                    ingest: Ingest::Running,
-                }
-            }
+            Err(_) => Relay::Runs,
         }
     }
 
-    fn relay_grace(&self, instance: &str) -> Option<u64> {
-        let now = crate::relay::state::unix_now();
-        relay_grace(&self.args.relays.relays_dir, instance, now)
+    /// The MediaMTX that carried `session`, now.
+    async fn ingest(&self, session: &Session) -> Ingest {
+        if let Some(stopping) = &self.stopping {
+            if stopping.stopped_on_purpose(session.mediamtx.as_ref()) {
+                return Ingest::Stopped;
+            }
+        }
+        let Some(MediaMtx::Unit { unit, invocation }) = &session.mediamtx else {
+            return Ingest::Unknown;
+        };
+        let Some(systemd) = &self.systemd else {
+            return Ingest::Unknown;
+        };
+        match tokio::time::timeout(ASK, systemd.unit_run(unit)).await {
+            Ok(Ok(now)) => ingest_of(invocation, now.as_ref()),
+            Ok(Err(e)) => {
+                warn!("{e}");
+                Ingest::Unknown
+            }
+            Err(_) => Ingest::Unknown,
+        }
     }
 
-    fn key_grace(&self, key: &StreamKey) -> Option<u64> {
-        self.relay_grace(&systemd::escape(key.as_str()))
-    }
-
-    /// Sessions kept for their relay's grace are looked at once more, until none changed: a
-    /// relay whose grace ran out while this run went on has asked for a run (OnSuccess=) that
-    /// systemd merged into this one.
-    async fn after_graces(&self, outcomes: &mut [(StreamKey, Outcome)], view: &View) {
+    /// Sessions kept for their running relay are looked at once more, until none changed: a
+    /// relay that ended while this run went on has asked for a run (OnSuccess=) that systemd
+    /// merged into this one.
+    async fn after_relays(&self, outcomes: &mut [(StreamKey, Outcome)]) {
         loop {
             let mut changed = false;
             for (key, outcome) in outcomes.iter_mut() {
-                if *outcome != Outcome::Grace || self.key_grace(key).is_some() {
+                if *outcome != Outcome::RelayRuns || self.left() < Duration::from_secs(1) {
                     continue;
                 }
-                if self.left() < Duration::from_secs(1) {
-                    return;
+                if self.relay(key).await == Relay::Runs {
+                    continue;
                 }
-                *outcome = match self.examine(key, view).await {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        error!(stream_key = %key, "{key}: {e:#}");
-                        Outcome::Pending
-                    }
-                };
-                changed |= *outcome != Outcome::Grace;
+                // Asked again: MediaMTX may have changed meanwhile too.
+                let publishers = live_publishers(self.args, true).await;
+                *outcome = self.examine_or_log(key, publishers.as_ref()).await;
+                changed |= *outcome != Outcome::RelayRuns;
             }
             if !changed {
                 return;
+            }
+        }
+    }
+
+    async fn examine_or_log(
+        &self,
+        key: &StreamKey,
+        publishers: Option<&HashMap<String, String>>,
+    ) -> Outcome {
+        match self.examine(key, publishers).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                error!(stream_key = %key, "{key}: {e:#}");
+                Outcome::Pending
             }
         }
     }
@@ -387,7 +462,11 @@ impl Reconciler<'_> {
     }
 
     /// Decides and acts on one key, under its lock.
-    async fn examine(&self, key: &StreamKey, view: &View) -> anyhow::Result<Outcome> {
+    async fn examine(
+        &self,
+        key: &StreamKey,
+        publishers: Option<&HashMap<String, String>>,
+    ) -> anyhow::Result<Outcome> {
         let Some(lock) = self.lock(key).await? else {
             return Ok(Outcome::Busy);
         };
@@ -409,45 +488,49 @@ impl Reconciler<'_> {
                 return Ok(Outcome::None);
             }
         };
-        let grace = self.key_grace(key);
-        let mut publisher = publisher_of(key, &session, view.publishers.as_ref());
-        let mut decision = verdict(session.state, &publisher, view.ingest, grace.is_some());
-        if matches!(decision, Verdict::End(_)) && !self.args.mediamtx_stopped {
-            // MediaMTX was asked before this key's lock was taken: a publisher may have come
-            // (and its `ready` been accepted) since. Ask again, under the lock, before ending.
-            let now = self.look().await;
-            publisher = publisher_of(key, &session, now.publishers.as_ref());
-            decision = verdict(session.state, &publisher, now.ingest, grace.is_some());
-        }
-        if decision == Verdict::Grace {
-            info!(
-                stream_key = %key,
-                "{key}: no publisher, but its relay keeps the destinations for one to come back \
-                 ({} s of reconnect grace left); its session continues {}",
-                grace.unwrap_or(0).saturating_sub(crate::relay::state::unix_now()),
-                session.id
-            );
-            self.dir.unlock(key, lock)?;
-            return Ok(Outcome::Grace);
-        }
-        if decision == Verdict::Keep {
-            if let Publisher::Newer(id) = &publisher {
-                info!(
-                    stream_key = %key,
-                    "{key}: newer publisher {id} is live; its session continues {}",
-                    session.id
-                );
+        if session.state == State::Live {
+            let relay = self.relay(key).await;
+            let ingest = self.ingest(&session).await;
+            let mut publisher = publisher_of(key, &session, publishers);
+            let mut decision = verdict(session.state, &publisher, ingest, relay);
+            if matches!(decision, Verdict::End(_)) && publisher != Publisher::Unknown {
+                // MediaMTX was asked before this key's lock was taken: a publisher may have
+                // come (and its `ready` been accepted) since. Ask again, under the lock.
+                let now = live_publishers(self.args, true).await;
+                publisher = publisher_of(key, &session, now.as_ref());
+                decision = verdict(session.state, &publisher, ingest, relay);
             }
-            self.dir.unlock(key, lock)?;
-            return Ok(Outcome::Live);
-        }
-        if let Verdict::End(reason) = decision {
-            session.end(reason);
-            self.sessions.save(&session)?;
-            info!(stream_key = %key, "{key}: session {} ended: {reason}", session.id);
-        }
-        if decision != Verdict::Send || env_owner.is_some() {
-            self.stop_relay(key).await;
+            match decision {
+                Verdict::RelayRuns | Verdict::Keep => {
+                    if let Publisher::Newer(id) = &publisher {
+                        info!(
+                            stream_key = %key,
+                            "{key}: newer publisher {id} is live; its session continues {}",
+                            session.id
+                        );
+                    } else if decision == Verdict::RelayRuns && publisher != Publisher::Recorded {
+                        info!(
+                            stream_key = %key,
+                            "{key}: its relay runs and decides: session {} continues",
+                            session.id
+                        );
+                    }
+                    self.dir.unlock(key, lock)?;
+                    return Ok(match decision {
+                        Verdict::RelayRuns => Outcome::RelayRuns,
+                        _ => Outcome::Live,
+                    });
+                }
+                Verdict::End(reason) => {
+                    session.end(reason);
+                    self.sessions.save(&session)?;
+                    info!(stream_key = %key, "{key}: session {} ended: {reason}", session.id);
+                    if ingest == Ingest::Stopped && relay == Relay::Runs {
+                        self.stop_relay(key).await;
+                    }
+                }
+                Verdict::Send => {}
+            }
         }
         let outcome = self.send(&mut session).await;
         // The env file goes with the session (and the lock file with it: last, since other
@@ -498,6 +581,7 @@ impl Reconciler<'_> {
         }
     }
 
+    /// Stops the relay of a session MediaMTX's stop on purpose ended.
     async fn stop_relay(&self, key: &StreamKey) {
         let Some(systemd) = &self.systemd else { return };
         let unit = match systemd::relay_unit(key) {
@@ -512,11 +596,11 @@ impl Reconciler<'_> {
         }
     }
 
-    /// MediaMTX is not running, so no relay has a source: stop every relay unit systemd has
-    /// loaded, also one that no record or env file names any more (its ffmpeg would only notice
-    /// the missing source when its input times out); except, unless MediaMTX was stopped on
-    /// purpose, a relay inside its reconnect grace.
-    async fn stop_every_relay(&self, ingest: Ingest) {
+    /// MediaMTX was stopped on purpose: a relay unit that runs although no record and no env
+    /// file names its stream (its session long gone) has no source either; it is stopped,
+    /// under its key's lock. Relays of recorded sessions were dealt with key by key, and a
+    /// failed relay is left as it is, for the operator to see.
+    async fn stop_orphan_relays(&self, known: &BTreeMap<String, StreamKey>) {
         let Some(systemd) = &self.systemd else { return };
         let units = match systemd.relay_units().await {
             Ok(units) => units,
@@ -525,19 +609,34 @@ impl Reconciler<'_> {
                 return;
             }
         };
+        let named: HashSet<String> = known
+            .values()
+            .filter_map(|k| systemd::relay_unit(k).ok())
+            .collect();
         for (unit, state) in units {
-            if state == "failed" {
+            if !relay_runs(&state) || named.contains(&unit) {
                 continue;
             }
-            let instance = unit
+            let Some(key) = unit
                 .strip_prefix("neustream-relay@")
                 .and_then(|u| u.strip_suffix(".service"))
-                .unwrap_or_default();
-            if ingest != Ingest::Stopped && self.relay_grace(instance).is_some() {
+                .and_then(|instance| StreamKey::parse(&systemd::unescape(instance)).ok())
+            else {
                 continue;
+            };
+            let Ok(Some(lock)) = self.lock(&key).await else {
+                continue;
+            };
+            let known_now = matches!(self.dir.read(&key), Ok(Some(_)))
+                || matches!(self.sessions.load(&key), Ok(Some(_)));
+            if !known_now {
+                info!(stream_key = %key, "{key}: {unit} runs without a session; stopping it");
+                if let Err(e) = systemd.stop_and_wait(&unit, self.unit_timeout).await {
+                    error!("{e}");
+                }
             }
-            if let Err(e) = systemd.stop_and_wait(&unit, self.unit_timeout).await {
-                error!("{e}");
+            if let Err(e) = self.dir.unlock(&key, lock) {
+                warn!(stream_key = %key, "{key}: {e}");
             }
         }
     }
@@ -547,42 +646,74 @@ impl Reconciler<'_> {
 mod tests {
     use super::*;
 
+    const PUBLISHERS: [Publisher; 4] = [
+        Publisher::Recorded,
+        Publisher::Gone,
+        Publisher::Unknown,
+        Publisher::Newer(String::new()),
+    ];
+    const INGESTS: [Ingest; 5] = [
+        Ingest::Runs,
+        Ingest::Gone("MediaMTX is not running"),
+        Ingest::Gone("MediaMTX restarted"),
+        Ingest::Stopped,
+        Ingest::Unknown,
+    ];
+
     #[test]
-    fn a_live_session_ends_only_when_no_publisher_is_left() {
-        let newer = Publisher::Newer("n".into());
-        for (publisher, expected) in [
-            (Publisher::Recorded, Verdict::Keep),
-            (newer.clone(), Verdict::Keep),
-            (Publisher::Unknown, Verdict::Keep),
-            (
-                Publisher::Gone,
-                Verdict::End("no publisher left in MediaMTX"),
-            ),
-        ] {
-            assert_eq!(
-                verdict(State::Live, &publisher, Ingest::Running, false),
-                expected
-            );
-        }
-        for publisher in [
-            Publisher::Recorded,
-            newer,
-            Publisher::Unknown,
-            Publisher::Gone,
-        ] {
-            assert_eq!(
-                verdict(State::Live, &publisher, Ingest::Down, false),
-                Verdict::End("MediaMTX is not running")
-            );
-            for grace in [false, true] {
+    fn a_running_relay_keeps_its_session_unless_mediamtx_was_stopped_on_purpose() {
+        for publisher in &PUBLISHERS {
+            for ingest in INGESTS {
+                let expected = match ingest {
+                    Ingest::Stopped => Verdict::End("MediaMTX was stopped"),
+                    _ => Verdict::RelayRuns,
+                };
                 assert_eq!(
-                    verdict(State::Live, &publisher, Ingest::Stopped, grace),
-                    Verdict::End("MediaMTX was stopped")
+                    verdict(State::Live, publisher, ingest, Relay::Runs),
+                    expected,
+                    "{publisher:?} {ingest:?}"
                 );
-                // A pending end is always sent: under the lock no newer session has begun.
-                for ingest in [Ingest::Running, Ingest::Down, Ingest::Stopped] {
+            }
+        }
+    }
+
+    #[test]
+    fn without_its_relay_a_live_session_ends_only_when_its_publisher_is_surely_gone() {
+        let down =
+            |publisher: &Publisher, ingest| verdict(State::Live, publisher, ingest, Relay::Down);
+        for ingest in INGESTS {
+            // MediaMTX's API decides when it answers (unless MediaMTX was stopped on purpose).
+            if ingest != Ingest::Stopped {
+                assert_eq!(
+                    down(&Publisher::Gone, ingest),
+                    Verdict::End("no publisher left in MediaMTX")
+                );
+                assert_eq!(down(&Publisher::Recorded, ingest), Verdict::Keep);
+                assert_eq!(down(&Publisher::Newer("n".into()), ingest), Verdict::Keep);
+            }
+        }
+        // Without it, the recorded MediaMTX service.
+        assert_eq!(
+            down(&Publisher::Unknown, Ingest::Gone("MediaMTX restarted")),
+            Verdict::End("MediaMTX restarted")
+        );
+        assert_eq!(
+            down(&Publisher::Unknown, Ingest::Gone("MediaMTX is not running")),
+            Verdict::End("MediaMTX is not running")
+        );
+        assert_eq!(down(&Publisher::Unknown, Ingest::Runs), Verdict::Keep);
+        // Cannot tell: never ended.
+        assert_eq!(down(&Publisher::Unknown, Ingest::Unknown), Verdict::Keep);
+    }
+
+    #[test]
+    fn a_pending_end_is_always_sent() {
+        // Under the lock no newer session has begun.
+        for publisher in &PUBLISHERS {
+            for ingest in INGESTS {
+                for relay in [Relay::Runs, Relay::Down] {
                     assert_eq!(
-                        verdict(State::Ending, &publisher, ingest, grace),
+                        verdict(State::Ending, publisher, ingest, relay),
                         Verdict::Send
                     );
                 }
@@ -591,57 +722,63 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_in_its_grace_keeps_its_session_unless_mediamtx_was_stopped() {
-        // The publisher dropped (or MediaMTX failed): it may come back within the grace.
+    fn the_recorded_mediamtx_is_gone_when_not_active_or_restarted() {
+        let run = |state: &str, invocation: &str| systemd::UnitRun {
+            unit: "mediamtx.service".into(),
+            active_state: state.into(),
+            invocation: invocation.into(),
+        };
+        assert_eq!(ingest_of("a1", Some(&run("active", "a1"))), Ingest::Runs);
+        assert_eq!(ingest_of("a1", Some(&run("reloading", "a1"))), Ingest::Runs);
         assert_eq!(
-            verdict(State::Live, &Publisher::Gone, Ingest::Running, true),
-            Verdict::Grace
+            ingest_of("a1", Some(&run("active", "b2"))),
+            Ingest::Gone("MediaMTX restarted")
         );
-        for publisher in [Publisher::Gone, Publisher::Unknown, Publisher::Recorded] {
+        for state in ["activating", "deactivating", "inactive", "failed"] {
             assert_eq!(
-                verdict(State::Live, &publisher, Ingest::Down, true),
-                Verdict::Grace
-            );
-        }
-        // A publisher is live: nothing to wait for, the session goes on.
-        for publisher in [Publisher::Recorded, Publisher::Newer("n".into())] {
-            assert_eq!(
-                verdict(State::Live, &publisher, Ingest::Running, true),
-                Verdict::Keep
+                ingest_of("a1", Some(&run(state, "a1"))),
+                Ingest::Gone("MediaMTX is not running"),
+                "{state}"
             );
         }
         assert_eq!(
-            verdict(State::Live, &Publisher::Gone, Ingest::Stopped, true),
-            Verdict::End("MediaMTX was stopped")
+            ingest_of("a1", None),
+            Ingest::Gone("MediaMTX is not running")
         );
     }
 
     #[test]
-    fn the_grace_is_read_from_a_fresh_state_file_only() {
-        let dir = std::env::temp_dir().join(format!("neustream-grace-{}", std::process::id()));
-        let relay = dir.join("k1");
-        std::fs::create_dir_all(&relay).unwrap();
-        let write = |state: &str, updated: u64, until: Option<u64>| {
-            let json = serde_json::json!({
-                "version": relays::VERSION, "stream": "k1", "pid": 1, "started": 0,
-                "updated": updated, "destinations": [],
-                "source": {"state": state, "since": 0, "publisher": "p", "grace_until": until},
-            });
-            std::fs::write(relay.join("state.json"), json.to_string()).unwrap();
+    fn relays_that_start_restart_or_stop_run() {
+        for state in ["activating", "active", "reloading", "deactivating"] {
+            assert!(relay_runs(state), "{state}");
+        }
+        for state in ["inactive", "failed", "maintenance", ""] {
+            assert!(!relay_runs(state), "{state}");
+        }
+    }
+
+    #[test]
+    fn a_stop_on_purpose_ends_the_sessions_of_that_unit_only() {
+        let unit = |u: &str| MediaMtx::Unit {
+            unit: u.into(),
+            invocation: "i".into(),
         };
-        let now = 1_000_000;
-        write("grace", now - 1, Some(now + 20));
-        assert_eq!(relay_grace(&dir, "k1", now), Some(now + 20));
-        // Ran out, not updated for a while (a hung or killed relay), or not in a grace.
-        write("grace", now - 1, Some(now));
-        assert_eq!(relay_grace(&dir, "k1", now), None);
-        write("grace", now - 60, Some(now + 20));
-        assert_eq!(relay_grace(&dir, "k1", now), None);
-        write("live", now - 1, None);
-        assert_eq!(relay_grace(&dir, "k1", now), None);
-        assert_eq!(relay_grace(&dir, "no-such-relay", now), None);
-        std::fs::write(relay.join("state.json"), "{not json").unwrap();
-        assert_eq!(relay_grace(&dir, "k1", now), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+        let elsewhere = MediaMtx::NotAUnit { why: "x".into() };
+        let stopping = |unit: Option<&str>, on_purpose| Stopping {
+            unit: unit.map(String::from),
+            on_purpose,
+        };
+        let own = stopping(Some("mediamtx.service"), true);
+        assert!(own.stopped_on_purpose(Some(&unit("mediamtx.service"))));
+        assert!(!own.stopped_on_purpose(Some(&unit("mediamtx-b.service"))));
+        assert!(!own.stopped_on_purpose(Some(&elsewhere)));
+        // A record written before MediaMTX's unit was recorded.
+        assert!(own.stopped_on_purpose(None));
+        // Its own unit unknown: every recorded unit's.
+        assert!(stopping(None, true).stopped_on_purpose(Some(&unit("x.service"))));
+        assert!(!stopping(None, true).stopped_on_purpose(Some(&elsewhere)));
+        // A failure is no stop on purpose.
+        assert!(!stopping(Some("mediamtx.service"), false)
+            .stopped_on_purpose(Some(&unit("mediamtx.service"))));
     }
 }

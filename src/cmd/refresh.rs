@@ -108,13 +108,19 @@ async fn refresh(
     dir.write(key, &spec.render()?)?;
     let unit = systemd::relay_unit(key)?;
     let systemd = Systemd::connect(s.unit_timeout).await?;
+    let state = systemd.active_state(&unit).await?;
     if spec.destinations.is_empty() {
         systemd.stop_and_wait(&unit, s.unit_timeout).await?;
-    } else if systemd.active_state(&unit).await? == "active" {
+    } else if state == "active" {
         systemd.reload_and_wait(&unit, s.unit_timeout).await?;
-    } else {
-        systemd.reset_failed(&unit).await?;
+    } else if state == "inactive" {
         systemd.restart_and_wait(&unit, s.unit_timeout).await?;
+    } else {
+        // Failed: only a new publish of the key resets it (the operator sees the failure);
+        // starting or restarting: it reads the new env file when it starts.
+        drop(lock);
+        info!(stream_key = %key, "{key}: destinations changed ({before} -> {after}); {unit} is {state}: the new list applies at its next start");
+        return Ok(());
     }
     drop(lock);
     info!(stream_key = %key, "{key}: destinations changed ({before} -> {after}); {unit} updated");

@@ -137,6 +137,9 @@ pub enum HookNames {
 /// A real MediaMTX running as a systemd service in its own test machine.
 pub struct Ingest {
     pub machine: Machine,
+    /// The unit MediaMTX runs as: the shipped mediamtx.service, or a copy of it under another
+    /// name (the shipped one then installed beside it, never started).
+    pub unit: String,
     pub version: String,
     pub rtmp_port: u16,
     pub api_port: u16,
@@ -164,10 +167,14 @@ fn install(
     settings: &str,
     options: &Options,
     tls: Option<&(PathBuf, PathBuf)>,
+    run_as: &str,
 ) -> (Machine, PathBuf) {
     let binary = binary(version);
     let unit = std::fs::read_to_string(Path::new(PROJECT).join("systemd").join(UNIT)).unwrap();
     let mut options = options.clone();
+    if run_as != UNIT {
+        options.units.push((run_as.to_string(), unit.clone()));
+    }
     options.units.push((UNIT.to_string(), unit));
     let machine = Machine::boot_with(label, options);
     let config_path = machine.dir.join("mediamtx.yml");
@@ -200,7 +207,7 @@ fn install(
             "install", "-D", "-m", "0640", "-o", "root", "-g", "mediamtx", key, RTMPS_KEY,
         ]);
     }
-    machine.ok(&["systemctl", "start", UNIT]);
+    machine.ok(&["systemctl", "start", run_as]);
     (machine, config_path)
 }
 
@@ -220,7 +227,19 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
     ) -> Ingest {
-        Self::start_full(label, version, names, control_plane_url, options, None)
+        Self::start_full(label, version, names, control_plane_url, options, None, UNIT)
+    }
+
+    /// Like `start_with`, MediaMTX run as `unit`: a copy of the shipped mediamtx.service.
+    pub fn start_as(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        control_plane_url: &str,
+        options: Options,
+        unit: &str,
+    ) -> Ingest {
+        Self::start_full(label, version, names, control_plane_url, options, None, unit)
     }
 
     /// Like `start`, with RTMPS offered as mediamtx.yml says: `certificate` (certificate, key)
@@ -237,6 +256,7 @@ impl Ingest {
             control_plane_url,
             Options::default(),
             Some(certificate.clone()),
+            UNIT,
         )
     }
 
@@ -247,6 +267,7 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
         tls: Option<(PathBuf, PathBuf)>,
+        unit: &str,
     ) -> Ingest {
         let ports = Ports::free();
         let (rtmp_port, api_port) = (ports.rtmp, ports.api);
@@ -263,10 +284,18 @@ impl Ingest {
              NEUSTREAM_MEDIAMTX_API_URL=http://127.0.0.1:{api_port}\n\
              NEUSTREAM_RECONNECT_GRACE=0\n"
         );
-        let (machine, config_path) =
-            install(label, version, &config, &settings, &options, tls.as_ref());
+        let (machine, config_path) = install(
+            label,
+            version,
+            &config,
+            &settings,
+            &options,
+            tls.as_ref(),
+            unit,
+        );
         let ingest = Ingest {
             machine,
+            unit: unit.to_string(),
             version: version.to_string(),
             rtmp_port,
             api_port,
@@ -304,6 +333,7 @@ impl Ingest {
             &self.settings,
             &self.options,
             self.tls.as_ref(),
+            &self.unit,
         );
         self.machine = machine;
         self.config_path = config_path;
@@ -409,9 +439,9 @@ impl Ingest {
         self.machine.journal(&[
             "-o",
             "short-monotonic",
-            &format!("_SYSTEMD_UNIT={UNIT}"),
+            &format!("_SYSTEMD_UNIT={}", self.unit),
             "+",
-            &format!("UNIT={UNIT}"),
+            &format!("UNIT={}", self.unit),
             "+",
             "SYSLOG_IDENTIFIER=neustream",
         ])
@@ -420,7 +450,7 @@ impl Ingest {
     /// MediaMTX's own lines (its stdout), without the hooks'.
     pub fn own_log(&self) -> String {
         self.machine
-            .journal(&["-u", UNIT, "-t", "mediamtx", "-o", "cat"])
+            .journal(&["-u", &self.unit, "-t", "mediamtx", "-o", "cat"])
     }
 
     /// MediaMTX's warnings: its lines at level WAR, and any that says "deprecated".

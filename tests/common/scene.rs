@@ -37,8 +37,19 @@ impl Scene {
 
     /// Like `start`, with more units, drop-ins or a persistent state directory.
     pub fn start_with(label: &str, version: &str, names: HookNames, options: Options) -> Scene {
+        Self::start_as(label, version, names, options, super::mediamtx::UNIT)
+    }
+
+    /// Like `start_with`, MediaMTX run as `unit` (a copy of the shipped mediamtx.service).
+    pub fn start_as(
+        label: &str,
+        version: &str,
+        names: HookNames,
+        options: Options,
+        unit: &str,
+    ) -> Scene {
         Self::build(label, |_, cp_url| {
-            Ingest::start_with(label, version, names, cp_url, options)
+            Ingest::start_as(label, version, names, cp_url, options, unit)
         })
     }
 

@@ -189,7 +189,21 @@ impl Stack {
     /// Runs `neustream <hook>` in the machine as MediaMTX does: as user mediamtx, with
     /// MediaMTX's variables; `extra` adds or overrides variables.
     pub fn hook(&self, hook: &str, key: &str, source_id: &str, extra: &[(&str, &str)]) -> HookRun {
+        self.hook_unset(hook, key, source_id, extra, &[])
+    }
+
+    /// Like [`Self::hook`], without the variables `unset` (e.g. `NEUSTREAM_MEDIAMTX_API_URL`:
+    /// a MediaMTX whose API is not configured).
+    pub fn hook_unset(
+        &self,
+        hook: &str,
+        key: &str,
+        source_id: &str,
+        extra: &[(&str, &str)],
+        unset: &[&str],
+    ) -> HookRun {
         let mut env = self.hook_env(key, source_id);
+        env.retain(|(name, _)| !unset.contains(&name.as_str()));
         for (k, v) in extra {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
