@@ -227,7 +227,15 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
     ) -> Ingest {
-        Self::start_full(label, version, names, control_plane_url, options, None, UNIT)
+        Self::start_full(
+            label,
+            version,
+            names,
+            control_plane_url,
+            options,
+            None,
+            UNIT,
+        )
     }
 
     /// Like `start_with`, MediaMTX run as `unit`: a copy of the shipped mediamtx.service.
@@ -239,7 +247,15 @@ impl Ingest {
         options: Options,
         unit: &str,
     ) -> Ingest {
-        Self::start_full(label, version, names, control_plane_url, options, None, unit)
+        Self::start_full(
+            label,
+            version,
+            names,
+            control_plane_url,
+            options,
+            None,
+            unit,
+        )
     }
 
     /// Like `start`, with RTMPS offered as mediamtx.yml says: `certificate` (certificate, key)
