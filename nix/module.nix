@@ -50,6 +50,7 @@ let
     "NEUSTREAM_TLS_VERIFY"
     "NEUSTREAM_CA_FILE"
     "NEUSTREAM_RTMP_ENGINE"
+    "NEUSTREAM_PLATFORM_CODECS"
   ];
 
   # The user nixpkgs' mediamtx module runs MediaMTX (and so the hooks) as.

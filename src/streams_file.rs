@@ -333,11 +333,15 @@ impl Stream {
         self.destinations
             .iter()
             .map(|d| {
-                serde_json::json!({
+                let mut entry = serde_json::json!({
                     "platform": d.platform,
                     "rtmp_url": d.rtmp_url,
                     "stream_key": d.stream_key,
-                })
+                });
+                if let Some(codecs) = d.parsed.codecs() {
+                    entry["codecs"] = codecs.to_string().into();
+                }
+                entry
             })
             .collect()
     }
@@ -588,6 +592,25 @@ key_sha256 = "5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8"
         );
         assert!(
             reason.contains("credentials") && !reason.contains("pw"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_destinations_own_codecs_override_its_platforms() {
+        let text = "[[stream]]\nkey = \"a\"\n[[stream.destination]]\nplatform = \"twitch\"\n\
+                    rtmp_url = \"rtmp://h/app\"\nstream_key = \"k\"\n\
+                    codecs = \"h264,hevc,aac\"\n";
+        let file = parse("streams.toml", text).unwrap();
+        let dest = &file.streams[0].destinations[0];
+        let codecs = dest.parsed.codecs().expect("its own list");
+        assert_eq!(codecs.to_string(), "h264,hevc,aac");
+        // It travels with the destination as a forwarding entry (what `ready` reads).
+        let entry = &file.streams[0].forwarding_entries()[0];
+        assert_eq!(entry["codecs"], "h264,hevc,aac");
+        let (_, reason) = line_and_reason(&text.replace("h264,hevc,aac", "h265"));
+        assert!(
+            reason.starts_with("destination 0 (twitch): codecs: unknown codec 'h265'"),
             "{reason}"
         );
     }

@@ -769,6 +769,35 @@ fn an_hevc_stream_reaches_a_destination_as_hevc_with_audio() {
     });
 }
 
+/// VP9 (Debian's ffmpeg 5.1 encodes AV1 too, but carries it neither over RTSP (no clock rate
+/// in its SDP) nor in MPEG-TS, so no AV1 stream reaches MediaMTX from it; AV1 frames are
+/// covered by the unit tests of `codec.rs` and `shape.rs`).
+#[test]
+fn a_vp9_stream_reaches_a_destination_as_vp9_with_audio() {
+    codecs_reach_custom_and_twitch_is_told(CodecCase {
+        label: "vp9",
+        encoder: &[
+            // ffmpeg 5.1's RTP packetizer for VP9 is marked experimental.
+            "-strict",
+            "experimental",
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+            "-c:a",
+            "aac",
+        ],
+        expect: ("vp9", "aac"),
+        twitch_reason: "twitch takes H.264 only; the stream is VP9",
+    });
+}
+
 #[test]
 fn an_opus_stream_reaches_a_custom_destination_and_not_twitch() {
     codecs_reach_custom_and_twitch_is_told(CodecCase {

@@ -86,9 +86,9 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         "The stream's video frame rate over its last seconds of media.",
     );
     let mut video_bitrate = Family::new(
-        "neustream_stream_video_bitrate_bits_per_second",
+        "neustream_stream_video_bytes_per_second",
         Gauge,
-        "The stream's video bitrate over its last seconds of media.",
+        "The stream's video rate over its last seconds of media (bitrate / 8).",
     );
     let mut audio = Family::new(
         "neustream_stream_audio_info",
@@ -96,9 +96,9 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
         "1 for the audio codec, sample rate and channels the stream has now.",
     );
     let mut audio_bitrate = Family::new(
-        "neustream_stream_audio_bitrate_bits_per_second",
+        "neustream_stream_audio_bytes_per_second",
         Gauge,
-        "The stream's audio bitrate over its last seconds of media.",
+        "The stream's audio rate over its last seconds of media (bitrate / 8).",
     );
     let mut cpu = Family::new(
         "neustream_relay_cpu_seconds_total",
@@ -226,7 +226,7 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
                 video_fps.add(&s, fps);
             }
             if let Some(b) = v.bitrate {
-                video_bitrate.add(&s, b as f64);
+                video_bitrate.add(&s, b as f64 / 8.0);
             }
         }
         if let Some(a) = &state.media.audio {
@@ -244,7 +244,7 @@ pub fn render(report: &Report, label: StreamLabel, scrape_seconds: f64) -> Strin
                 1.0,
             );
             if let Some(b) = a.bitrate {
-                audio_bitrate.add(&s, b as f64);
+                audio_bitrate.add(&s, b as f64 / 8.0);
             }
         }
         for st in SOURCE_STATES {
@@ -430,7 +430,7 @@ mod tests {
                 "neustream_stream_audio_info{{stream=\"{id}\",codec=\"AAC\",\
                  sample_rate=\"48000\",channels=\"2\"}} 1"
             ),
-            format!("neustream_stream_audio_bitrate_bits_per_second{{stream=\"{id}\"}} 160000"),
+            format!("neustream_stream_audio_bytes_per_second{{stream=\"{id}\"}} 20000"),
             format!(
                 "neustream_destination_state{{stream=\"{id}\",index=\"1\",platform=\"twitch\",\
                  state=\"incompatible\"}} 1"

@@ -18,8 +18,9 @@ use crate::destination::Destination;
 use crate::platforms::{self, Accepts};
 use crate::rtmp::{self, Class, Endpoint, Media, MediaKind, Publisher};
 
-/// How often the connection's TCP counters are read while publishing.
-const TCP_EVERY: Duration = Duration::from_secs(1);
+/// How often the connection's TCP counters are read while publishing (one getsockopt): the
+/// state file, written every 2 s, is then at most this late on what the server acknowledged.
+const TCP_EVERY: Duration = Duration::from_millis(200);
 
 /// The destination as the RTMP client addresses it.
 pub fn endpoint(dest: &Destination) -> Endpoint {

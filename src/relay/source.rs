@@ -92,6 +92,10 @@ pub async fn run(
                 match read {
                     Ok(true) => {}
                     Ok(false) => break End::Finished,
+                    // The ingest's connection lost once the stream was read (MediaMTX killed or
+                    // restarted): the stream ended, as a reader sees it; the grace (if any)
+                    // decides what comes next. Before any media, it is a failure to read.
+                    Err(Failure::Rtmp(e)) if read_any && ingest_lost(&e) => break End::Finished,
                     Err(f) => break End::Failed(f),
                 }
                 last_read = tokio::time::Instant::now();
@@ -134,4 +138,13 @@ pub async fn run(
         }
     }
     Ok(end)
+}
+
+/// A connection to the ingest that ended without the ingest saying why (a close, a reset, no
+/// data for long), rather than a refusal or garbage.
+fn ingest_lost(e: &crate::rtmp::Error) -> bool {
+    matches!(
+        e.class,
+        crate::rtmp::Class::Dropped | crate::rtmp::Class::Timeout
+    )
 }
