@@ -65,7 +65,8 @@ fn av1_has_sequence_header(mut data: &[u8]) -> bool {
     false
 }
 
-fn leb128(data: &[u8]) -> Option<(usize, usize)> {
+/// An AV1 leb128 value and the bytes it took (at most 8).
+pub(super) fn leb128(data: &[u8]) -> Option<(usize, usize)> {
     let mut value: u64 = 0;
     for (i, b) in data.iter().take(8).enumerate() {
         value |= u64::from(b & 0x7F) << (7 * i);

@@ -13,10 +13,10 @@ use tokio::process::{Child, ChildStdout};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use super::flv::{FlvError, Kind, Parser, Tag};
+use super::flv::{FlvError, Parser, Tag};
 use super::process::{self, LineLog};
 use super::{ffmpeg, Engine, Shared};
-use crate::rtmp::{self, Endpoint, MediaKind, Player};
+use crate::rtmp::{self, Endpoint, Player};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -152,16 +152,7 @@ impl Ingest {
         match self {
             Ingest::Native(player) => match player.next().await {
                 Ok(Some(m)) => {
-                    let tag = Tag {
-                        kind: match m.kind {
-                            MediaKind::Audio => Kind::Audio,
-                            MediaKind::Video => Kind::Video,
-                            MediaKind::Data => Kind::Script,
-                        },
-                        timestamp: m.timestamp,
-                        payload: m.payload,
-                    };
-                    out.push(tag.with_frame_type());
+                    out.push(Tag::from(m).with_frame_type());
                     Ok(true)
                 }
                 Ok(None) => Ok(false),

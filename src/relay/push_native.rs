@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::flv::{Kind, Tag};
+use super::flv::Tag;
 use super::output::{Ended, Output};
 use super::process::LineLog;
 use super::state::{DestinationState, ErrorClass};
@@ -16,7 +16,7 @@ use super::tcpinfo::Sample;
 use super::Shared;
 use crate::destination::Destination;
 use crate::platforms::{self, Accepts};
-use crate::rtmp::{self, Class, Endpoint, Media, MediaKind, Publisher};
+use crate::rtmp::{self, Class, Endpoint, Media, Publisher};
 
 /// How often the connection's TCP counters are read while publishing (one getsockopt): the
 /// state file, written every 2 s, is then at most this late on what the server acknowledged.
@@ -31,18 +31,6 @@ pub fn endpoint(dest: &Destination) -> Endpoint {
         tls: dest.public_url().starts_with("rtmps://"),
         app: dest.app().to_owned(),
         stream: dest.key().to_owned(),
-    }
-}
-
-pub fn media(tag: Tag) -> Media {
-    Media {
-        kind: match tag.kind {
-            Kind::Audio => MediaKind::Audio,
-            Kind::Video => MediaKind::Video,
-            Kind::Script => MediaKind::Data,
-        },
-        timestamp: tag.timestamp,
-        payload: tag.payload,
     }
 }
 
@@ -139,7 +127,7 @@ pub async fn session(
                 }
                 let bytes: usize = tags.iter().map(Tag::wire_len).sum();
                 batch.clear();
-                batch.extend(tags.drain(..).map(media));
+                batch.extend(tags.drain(..).map(Media::from));
                 tokio::select! {
                     sent = publisher.send(&batch) => if let Err(e) = sent {
                         break Some(e);

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 
+use super::codec::leb128;
 use super::flv::{Codec, Kind, Role, Tag};
 use crate::rtmp::amf0::{self, Value};
 
@@ -976,17 +977,6 @@ fn av1_obus_size(mut data: &[u8]) -> Option<(u32, u32)> {
             return av1_sequence_header_size(payload);
         }
         data = &data[end..];
-    }
-    None
-}
-
-fn leb128(data: &[u8]) -> Option<(usize, usize)> {
-    let mut value: u64 = 0;
-    for (i, b) in data.iter().take(8).enumerate() {
-        value |= u64::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return usize::try_from(value).ok().map(|v| (v, i + 1));
-        }
     }
     None
 }
