@@ -190,14 +190,11 @@ pub async fn session(
 
 fn sample(output: &Output, publisher: &Publisher) {
     let stats = publisher.stats();
-    let tcp = stats.tcp.map_or_else(Sample::default, |t| Sample {
-        bytes_acked: t.bytes_acked,
-        bytes_sent: stats.socket_bytes,
-        rtt_us: t.rtt_us,
-        delivery_rate: t.delivery_rate_bps,
-    });
+    let tcp = stats.tcp.unwrap_or_default();
     output.tcp.lock().unwrap().update(Sample {
+        bytes_acked: tcp.bytes_acked,
         bytes_sent: stats.socket_bytes,
-        ..tcp
+        rtt_us: tcp.rtt_us,
+        delivery_rate: tcp.delivery_rate_bps,
     });
 }
