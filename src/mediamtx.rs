@@ -25,6 +25,50 @@ pub enum MediaMtxError {
 const MAX_PAGES: u32 = 100;
 const PAGE_SIZE: u32 = 1000;
 
+/// `{api}/v3/{segments...}` for an http(s) API URL.
+fn api_endpoint<'a>(
+    api_url: &str,
+    segments: impl IntoIterator<Item = &'a str>,
+) -> Result<Url, MediaMtxError> {
+    let mut url = Url::parse(api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
+    url.path_segments_mut()
+        .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
+        .pop_if_empty()
+        .push("v3")
+        .extend(segments);
+    Ok(url)
+}
+
+fn client(failed: &impl Fn(String) -> MediaMtxError) -> Result<reqwest::Client, MediaMtxError> {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// `GET url` answered with success and JSON of type `T`; any other outcome is `failed(why)`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &Url,
+    failed: impl Fn(String) -> MediaMtxError,
+) -> Result<T, MediaMtxError> {
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(failed(status.to_string()));
+    }
+    resp.json()
+        .await
+        .map_err(|e| failed(format!("malformed answer: {e}")))
+}
+
 #[derive(serde::Deserialize)]
 struct PathList {
     #[serde(rename = "pageCount", default)]
@@ -50,25 +94,15 @@ struct ApiSource {
 /// the publisher's connection id (MTX_SOURCE_ID). A path has a publisher from the moment one
 /// connects (its `source`), before it is ready: such a key counts as live.
 pub async fn publishers(api_url: &str) -> Result<HashMap<String, String>, MediaMtxError> {
-    let base = Url::parse(api_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(|e| MediaMtxError::List {
-            url: api_url.into(),
-            detail: e.to_string(),
-        })?;
+    let base = api_endpoint(api_url, ["paths", "list"])?;
+    let client = client(&|detail| MediaMtxError::List {
+        url: api_url.into(),
+        detail,
+    })?;
     let mut found = HashMap::new();
     let mut page = 0;
     loop {
         let mut url = base.clone();
-        url.path_segments_mut()
-            .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
-            .pop_if_empty()
-            .extend(["v3", "paths", "list"]);
         url.query_pairs_mut()
             .append_pair("page", &page.to_string())
             .append_pair("itemsPerPage", &PAGE_SIZE.to_string());
@@ -76,19 +110,7 @@ pub async fn publishers(api_url: &str) -> Result<HashMap<String, String>, MediaM
             url: url.to_string(),
             detail,
         };
-        let resp = client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(failed(status.to_string()));
-        }
-        let list: PathList = resp
-            .json()
-            .await
-            .map_err(|e| failed(format!("malformed answer: {e}")))?;
+        let list: PathList = get_json(&client, &url, failed).await?;
         for path in list.items {
             if let Some(source) = path.source {
                 found.insert(path.name, source.id);
@@ -115,35 +137,17 @@ struct PathTracks {
 /// The tracks of `path`'s publisher as MediaMTX names them (`GET {api}/v3/paths/get/{path}`):
 /// `["H264", "MPEG-4 Audio"]`.
 pub async fn tracks(api_url: &str, path: &str) -> Result<Vec<String>, MediaMtxError> {
-    let mut url = Url::parse(api_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
-    url.path_segments_mut()
-        .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
-        .pop_if_empty()
-        .extend(["v3", "paths", "get"])
-        .extend(path.trim_matches('/').split('/'));
+    let url = api_endpoint(
+        api_url,
+        ["paths", "get"]
+            .into_iter()
+            .chain(path.trim_matches('/').split('/')),
+    )?;
     let failed = |detail: String| MediaMtxError::List {
         url: url.to_string(),
         detail,
     };
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(failed(resp.status().to_string()));
-    }
-    let path: PathTracks = resp
-        .json()
-        .await
-        .map_err(|e| failed(format!("malformed answer: {e}")))?;
+    let path: PathTracks = get_json(&client(&failed)?, &url, failed).await?;
     Ok(path.tracks)
 }
 
@@ -164,28 +168,20 @@ fn collection(source_type: &str) -> Option<&'static str> {
 
 /// `POST {api}/v3/{collection}/kick/{id}`: MediaMTX closes the publisher's connection.
 pub async fn kick(api_url: &str, source_type: &str, source_id: &str) -> Result<(), MediaMtxError> {
-    let mut url = Url::parse(api_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| MediaMtxError::BadUrl(api_url.into()))?;
-    let collection =
-        collection(source_type).ok_or_else(|| MediaMtxError::SourceType(source_type.into()))?;
+    // A bad API URL is named first, then a source it cannot kick.
+    let kind = collection(source_type);
+    let url = api_endpoint(api_url, [kind.unwrap_or_default(), "kick", source_id])?;
+    if kind.is_none() {
+        return Err(MediaMtxError::SourceType(source_type.into()));
+    }
     if source_id.is_empty() {
         return Err(MediaMtxError::NoSourceId);
     }
-    url.path_segments_mut()
-        .map_err(|_| MediaMtxError::BadUrl(api_url.into()))?
-        .pop_if_empty()
-        .extend(["v3", collection, "kick", source_id]);
     let failed = |detail: String| MediaMtxError::Request {
         url: url.to_string(),
         detail,
     };
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let resp = client
+    let resp = client(&failed)?
         .post(url.clone())
         .send()
         .await
