@@ -808,27 +808,40 @@ fn h264_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
         r.flag()?; // mb_adaptive_frame_field_flag
     }
     r.flag()?; // direct_8x8_inference_flag
-    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
-    if r.flag()? {
-        // frame_cropping_flag
-        left = u64::from(r.ue()?);
-        right = u64::from(r.ue()?);
-        top = u64::from(r.ue()?);
-        bottom = u64::from(r.ue()?);
-    }
-    // ChromaArrayType 0 (monochrome, or 4:4:4 coded as separate planes) crops in luma
-    // samples; otherwise in chroma samples.
-    let (sub_width, sub_height) = match (separate_colour_plane, chroma_format_idc) {
-        (true, _) | (_, 0) | (_, 3) => (1, 1),
-        (_, 2) => (2, 1),
-        _ => (2, 2),
-    };
+               // frame_cropping_flag and its offsets.
+    let (left, right, top, bottom) = crop_window(&mut r)?;
+    let (sub_width, sub_height) = chroma_subsampling(separate_colour_plane, chroma_format_idc);
     let crop_x = sub_width;
     let crop_y = sub_height * (2 - frame_mbs_only);
     let width = (width_mbs * 16).checked_sub((left + right) * crop_x)?;
     let height =
         ((2 - frame_mbs_only) * height_map_units * 16).checked_sub((top + bottom) * crop_y)?;
     dimensions(width, height)
+}
+
+/// An SPS's cropping (H.264 frame cropping, HEVC conformance window): its flag, then left,
+/// right, top and bottom offsets (all 0 without the flag).
+fn crop_window(r: &mut Bits) -> Option<(u64, u64, u64, u64)> {
+    if !r.flag()? {
+        return Some((0, 0, 0, 0));
+    }
+    Some((
+        u64::from(r.ue()?),
+        u64::from(r.ue()?),
+        u64::from(r.ue()?),
+        u64::from(r.ue()?),
+    ))
+}
+
+/// The units of the crop offsets, from the chroma format: ChromaArrayType 0 (monochrome, or
+/// 4:4:4 coded as separate planes) and 4:4:4 crop in luma samples; 4:2:2 and 4:2:0 in chroma
+/// samples.
+fn chroma_subsampling(separate_colour_plane: bool, chroma_format_idc: u32) -> (u64, u64) {
+    match (separate_colour_plane, chroma_format_idc) {
+        (true, _) | (_, 0) | (_, 3) => (1, 1),
+        (_, 2) => (2, 1),
+        _ => (2, 2),
+    }
 }
 
 fn skip_scaling_list(r: &mut Bits, size: usize) -> Option<()> {
@@ -932,19 +945,9 @@ fn h265_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
     let separate_colour_plane = chroma_format_idc == 3 && r.flag()?;
     let width = u64::from(r.ue()?);
     let height = u64::from(r.ue()?);
-    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
-    if r.flag()? {
-        // conformance_window_flag
-        left = u64::from(r.ue()?);
-        right = u64::from(r.ue()?);
-        top = u64::from(r.ue()?);
-        bottom = u64::from(r.ue()?);
-    }
-    let (sub_width, sub_height) = match (separate_colour_plane, chroma_format_idc) {
-        (true, _) | (_, 0) | (_, 3) => (1, 1),
-        (_, 2) => (2, 1),
-        _ => (2, 2),
-    };
+    // conformance_window_flag and its offsets.
+    let (left, right, top, bottom) = crop_window(&mut r)?;
+    let (sub_width, sub_height) = chroma_subsampling(separate_colour_plane, chroma_format_idc);
     dimensions(
         width.checked_sub(sub_width * (left + right))?,
         height.checked_sub(sub_height * (top + bottom))?,
