@@ -105,14 +105,13 @@ pub async fn run(
                         Kind::Video => got.video = true,
                         Kind::Script => {}
                     }
-                    if !read_any {
-                        // The stream is being read: the relay is up.
-                        read_any = true;
-                        notify::ready();
-                    }
+                    read_any = true;
                     if hub.publish(tag) {
                         // This source's first picture: destinations can start, the grace (if
-                        // any) is over.
+                        // any) is over, and the relay is up (READY=1: the start job, and so the
+                        // `ready` hook, completes once the destinations have something to
+                        // show; the headers alone come up to a GOP earlier).
+                        notify::ready();
                         shared.picture.send_if_modified(|p| !std::mem::replace(p, true));
                         shared.board.source(SourcePhase::Live);
                         let _ = shared.events.send(SourceEvent::Spliced);
