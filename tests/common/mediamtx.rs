@@ -227,15 +227,7 @@ impl Ingest {
         control_plane_url: &str,
         options: Options,
     ) -> Ingest {
-        Self::start_full(
-            label,
-            version,
-            names,
-            control_plane_url,
-            options,
-            None,
-            UNIT,
-        )
+        Self::start_as(label, version, names, control_plane_url, options, UNIT)
     }
 
     /// Like `start_with`, MediaMTX run as `unit`: a copy of the shipped mediamtx.service.
